@@ -1,1 +1,4 @@
-fn main() {}
+fn main() {
+    let v = portcullis::tailnet::build_versions();
+    println!("tailscale {} go {}", v.tailscale, v.go);
+}

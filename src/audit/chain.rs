@@ -244,12 +244,15 @@ impl std::fmt::Display for Problem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Problem::Missing { found } => {
-                write!(f, "record missing (deleted?): next stored record is {found}")
+                write!(
+                    f,
+                    "record missing (deleted?): next stored record is {found}"
+                )
             }
             Problem::HashMismatch => f.write_str("hash does not match body (edited)"),
-            Problem::PrevHashMismatch => {
-                f.write_str("prev_hash does not match previous record (deleted, replaced or reordered)")
-            }
+            Problem::PrevHashMismatch => f.write_str(
+                "prev_hash does not match previous record (deleted, replaced or reordered)",
+            ),
             Problem::BadBody { error } => write!(f, "body is not a valid record: {error}"),
             Problem::SeqMismatch { body_seq } => {
                 write!(f, "body says seq {body_seq} (moved or reordered)")

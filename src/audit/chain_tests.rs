@@ -87,13 +87,23 @@ fn edited_column_is_a_column_mismatch() {
     rows[2].decision = Some("permit".to_owned());
     assert_eq!(
         first_bad(&rows),
-        (3, Problem::ColumnMismatch { column: "decision".to_owned() })
+        (
+            3,
+            Problem::ColumnMismatch {
+                column: "decision".to_owned()
+            }
+        )
     );
     let mut rows = self::rows(10);
     rows[7].caller = Some("mallory".to_owned());
     assert_eq!(
         first_bad(&rows),
-        (8, Problem::ColumnMismatch { column: "caller".to_owned() })
+        (
+            8,
+            Problem::ColumnMismatch {
+                column: "caller".to_owned()
+            }
+        )
     );
 }
 
@@ -152,7 +162,10 @@ fn problems_render_for_humans() {
     let mut rows = rows(3);
     rows.remove(1);
     let bad = verify_rows("c1", &rows).unwrap_err();
-    assert_eq!(bad.to_string(), "c1 seq 2: record missing (deleted?): next stored record is 3");
+    assert_eq!(
+        bad.to_string(),
+        "c1 seq 2: record missing (deleted?): next stored record is 3"
+    );
 }
 
 #[test]

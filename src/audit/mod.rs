@@ -51,7 +51,9 @@ pub use writer::{AuditGuard, AuditLog, WriterTask};
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
     /// The store URL is neither a SQLite URL / path nor a PostgreSQL URL.
-    #[error("unsupported audit store URL {url:?}: expected sqlite://PATH, a file path, or postgres://...")]
+    #[error(
+        "unsupported audit store URL {url:?}: expected sqlite://PATH, a file path, or postgres://..."
+    )]
     BadUrl {
         /// The URL as given.
         url: String,

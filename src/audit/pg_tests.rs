@@ -142,7 +142,12 @@ async fn postgres_backend_shares_one_database_between_connectors() {
     let report = verify(&url, None).await.unwrap();
     assert!(report.ok, "{:?}", report.first_bad);
     assert_eq!(report.records, 1002);
-    assert!(report.connectors.iter().all(|c| c.head_seq == 501 && c.ends_with_shutdown));
+    assert!(
+        report
+            .connectors
+            .iter()
+            .all(|c| c.head_seq == 501 && c.ends_with_shutdown)
+    );
 
     // A restart resumes its own chain only.
     let (log, task) = AuditLog::open(&url, "edge-a", 16).await.unwrap();
@@ -165,15 +170,30 @@ async fn postgres_backend_shares_one_database_between_connectors() {
     .await
     .unwrap();
     assert_eq!(by_tag.len(), 250);
-    let latest = query(&url, &Filter { kind: Some(Kind::Shutdown), limit: Some(1), ..Filter::default() })
-        .await
-        .unwrap();
+    let latest = query(
+        &url,
+        &Filter {
+            kind: Some(Kind::Shutdown),
+            limit: Some(1),
+            ..Filter::default()
+        },
+    )
+    .await
+    .unwrap();
     assert_eq!(latest.len(), 1);
     assert_eq!(latest[0].record.connector, "edge-a");
     assert_eq!(latest[0].seq, 503);
 
     let mut tail = Tail::open(&url, Some("edge-b"), 2).await.unwrap();
-    assert_eq!(tail.poll().await.unwrap().iter().map(|r| r.seq).collect::<Vec<_>>(), [500, 501]);
+    assert_eq!(
+        tail.poll()
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.seq)
+            .collect::<Vec<_>>(),
+        [500, 501]
+    );
     tail.close().await;
 
     let mut out = Vec::new();
@@ -181,12 +201,17 @@ async fn postgres_backend_shares_one_database_between_connectors() {
 
     // Tampering is found on this backend too.
     let pool = sqlx::PgPool::connect(&url).await.unwrap();
-    sqlx::query("UPDATE audit_records SET body = body || ' ' WHERE connector = 'edge-b' AND seq = 10")
-        .execute(&pool)
-        .await
-        .unwrap();
+    sqlx::query(
+        "UPDATE audit_records SET body = body || ' ' WHERE connector = 'edge-b' AND seq = 10",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
     pool.close().await;
     let report = verify(&url, None).await.unwrap();
     let bad = report.first_bad.unwrap();
-    assert_eq!((bad.connector.as_str(), bad.seq, bad.problem), ("edge-b", 10, Problem::HashMismatch));
+    assert_eq!(
+        (bad.connector.as_str(), bad.seq, bad.problem),
+        ("edge-b", 10, Problem::HashMismatch)
+    );
 }

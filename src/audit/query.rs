@@ -175,7 +175,11 @@ pub struct Tail {
 impl Tail {
     /// Opens the store. The first [`Tail::poll`] returns the last `backlog`
     /// rows of each chain followed.
-    pub async fn open(url: &str, connector: Option<&str>, backlog: u64) -> Result<Tail, AuditError> {
+    pub async fn open(
+        url: &str,
+        connector: Option<&str>,
+        backlog: u64,
+    ) -> Result<Tail, AuditError> {
         let store = Store::open(url, Access::ReadOnly).await?;
         let mut tail = Tail {
             store,
@@ -281,7 +285,15 @@ pub fn render_table(records: &[StoredRecord]) -> String {
     let mut out = String::new();
     push_line(
         &mut out,
-        ["TIME", "KIND", "CALLER", "ENDPOINT", "DECISION", "REASON", "BYTES/LATENCY"],
+        [
+            "TIME",
+            "KIND",
+            "CALLER",
+            "ENDPOINT",
+            "DECISION",
+            "REASON",
+            "BYTES/LATENCY",
+        ],
     );
     for stored in records {
         let r = &stored.record;

@@ -53,10 +53,19 @@ async fn edited_body_is_found() {
 async fn edited_indexed_column_is_found() {
     let dir = tempfile::tempdir().unwrap();
     let url = filled(&dir, 50).await;
-    tamper(&url, "UPDATE audit_records SET decision = 'permit' WHERE seq = 31").await;
+    tamper(
+        &url,
+        "UPDATE audit_records SET decision = 'permit' WHERE seq = 31",
+    )
+    .await;
     assert_eq!(
         first_bad(&url).await,
-        (31, Problem::ColumnMismatch { column: "decision".to_owned() })
+        (
+            31,
+            Problem::ColumnMismatch {
+                column: "decision".to_owned()
+            }
+        )
     );
 }
 
@@ -98,7 +107,10 @@ async fn truncated_tail_then_append_is_not_detected_by_the_chain_alone() {
     let truncated = verify(&url, None).await.unwrap();
     assert!(truncated.ok);
     assert!(!truncated.connectors[0].ends_with_shutdown);
-    assert_ne!(truncated.connectors[0].head_hash, before.connectors[0].head_hash);
+    assert_ne!(
+        truncated.connectors[0].head_hash,
+        before.connectors[0].head_hash
+    );
 
     let (log, task) = AuditLog::open(&url, "edge-1", 16).await.unwrap();
     log.record(Record::startup("fp"));
@@ -124,9 +136,17 @@ async fn verify_checks_each_connector_and_names_the_broken_one() {
     let report = verify(&url, None).await.unwrap();
     assert!(report.ok);
     assert_eq!(report.records, 12);
-    let names: Vec<&str> = report.connectors.iter().map(|c| c.connector.as_str()).collect();
+    let names: Vec<&str> = report
+        .connectors
+        .iter()
+        .map(|c| c.connector.as_str())
+        .collect();
     assert_eq!(names, ["a-edge", "b-edge"]);
-    tamper(&url, "UPDATE audit_records SET endpoint = 'x' WHERE connector = 'b-edge' AND seq = 1").await;
+    tamper(
+        &url,
+        "UPDATE audit_records SET endpoint = 'x' WHERE connector = 'b-edge' AND seq = 1",
+    )
+    .await;
     let report = verify(&url, None).await.unwrap();
     let bad = report.first_bad.unwrap();
     assert_eq!((bad.connector.as_str(), bad.seq), ("b-edge", 1));
@@ -146,27 +166,78 @@ async fn query_filters() {
     let all = q(Filter::default()).await;
     assert_eq!(all.len(), 41);
 
-    let denied = q(Filter { decision: Some(Decision::Deny), ..Filter::default() }).await;
+    let denied = q(Filter {
+        decision: Some(Decision::Deny),
+        ..Filter::default()
+    })
+    .await;
     assert_eq!(denied.len(), 10);
-    assert!(denied.iter().all(|r| r.record.kind == Kind::ConnectionDenied));
+    assert!(
+        denied
+            .iter()
+            .all(|r| r.record.kind == Kind::ConnectionDenied)
+    );
 
-    let by_tag = q(Filter { caller: Some("TAG:CI".to_owned()), ..Filter::default() }).await;
+    let by_tag = q(Filter {
+        caller: Some("TAG:CI".to_owned()),
+        ..Filter::default()
+    })
+    .await;
     assert_eq!(by_tag.len(), 20);
-    let by_user = q(Filter { caller: Some("alice@".to_owned()), ..Filter::default() }).await;
+    let by_user = q(Filter {
+        caller: Some("alice@".to_owned()),
+        ..Filter::default()
+    })
+    .await;
     assert_eq!(by_user.len(), 20);
-    let wildcard = q(Filter { caller: Some("%".to_owned()), ..Filter::default() }).await;
+    let wildcard = q(Filter {
+        caller: Some("%".to_owned()),
+        ..Filter::default()
+    })
+    .await;
     assert!(wildcard.is_empty());
 
-    let wiki = q(Filter { endpoint: Some("wiki".to_owned()), ..Filter::default() }).await;
+    let wiki = q(Filter {
+        endpoint: Some("wiki".to_owned()),
+        ..Filter::default()
+    })
+    .await;
     assert_eq!(wiki.len(), 10);
-    let calls = q(Filter { kind: Some(Kind::McpToolCall), limit: Some(3), ..Filter::default() }).await;
+    let calls = q(Filter {
+        kind: Some(Kind::McpToolCall),
+        limit: Some(3),
+        ..Filter::default()
+    })
+    .await;
     // The three most recent, oldest first.
-    assert_eq!(calls.iter().map(|r| r.seq).collect::<Vec<_>>(), [30, 34, 38]);
+    assert_eq!(
+        calls.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        [30, 34, 38]
+    );
 
     let future = time_fmt::parse("2999-01-01T00:00:00Z").unwrap();
-    assert!(q(Filter { since: Some(future), ..Filter::default() }).await.is_empty());
-    assert_eq!(q(Filter { until: Some(future), ..Filter::default() }).await.len(), 41);
-    let other = q(Filter { connector: Some("other".to_owned()), ..Filter::default() }).await;
+    assert!(
+        q(Filter {
+            since: Some(future),
+            ..Filter::default()
+        })
+        .await
+        .is_empty()
+    );
+    assert_eq!(
+        q(Filter {
+            until: Some(future),
+            ..Filter::default()
+        })
+        .await
+        .len(),
+        41
+    );
+    let other = q(Filter {
+        connector: Some("other".to_owned()),
+        ..Filter::default()
+    })
+    .await;
     assert!(other.is_empty());
 }
 
@@ -217,7 +288,10 @@ async fn export_lines_can_be_reverified_by_a_consumer() {
         assert_eq!(v["prev_hash"], prev.as_str());
         let body = v["body"].as_str().unwrap();
         assert_eq!(v["hash"], chain::link_hash(&prev, body).as_str());
-        assert_eq!(v["record"]["kind"], serde_json::from_str::<serde_json::Value>(body).unwrap()["kind"]);
+        assert_eq!(
+            v["record"]["kind"],
+            serde_json::from_str::<serde_json::Value>(body).unwrap()["kind"]
+        );
         prev = v["hash"].as_str().unwrap().to_owned();
     }
 }
@@ -232,7 +306,12 @@ async fn reading_a_missing_database_is_an_error_not_a_new_file() {
 
 #[test]
 fn table_has_fixed_columns() {
-    let mut close = Record::connection_open(&caller(Some("alice@example.com"), "l", &[]), "db", "postgres-prod").into_close();
+    let mut close = Record::connection_open(
+        &caller(Some("alice@example.com"), "l", &[]),
+        "db",
+        "postgres-prod",
+    )
+    .into_close();
     close.time = Some(time_fmt::parse("2025-03-04T05:06:07.000008Z").unwrap());
     close.bytes_up = Some(120);
     close.bytes_down = Some(4096);

@@ -214,7 +214,11 @@ pub struct Finding {
 
 impl Finding {
     /// A finding of `kind` at `location`.
-    pub fn new(kind: impl Into<String>, location: impl Into<String>, action: FindingAction) -> Self {
+    pub fn new(
+        kind: impl Into<String>,
+        location: impl Into<String>,
+        action: FindingAction,
+    ) -> Self {
         Finding {
             kind: kind.into(),
             location: location.into(),

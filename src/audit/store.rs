@@ -18,11 +18,11 @@
 use std::str::FromStr;
 use std::time::Duration;
 
+use sqlx::Acquire;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::Acquire;
 
 use super::AuditError;
 use super::chain::{ChainHead, Row};

@@ -34,9 +34,19 @@ pub fn sample(i: usize) -> Record {
             r.latency_us = Some(1200 + i as u64);
             r.status = Some("ok".to_owned());
             r.arg_digest = Some(super::arg_digest(format!("{{\"n\":{i}}}").as_bytes()));
-            r.with_finding(Finding::new("github_token", "/arguments/body", FindingAction::Redacted))
+            r.with_finding(Finding::new(
+                "github_token",
+                "/arguments/body",
+                FindingAction::Redacted,
+            ))
         }
-        2 => Record::connection_denied(&bot, "db-prod", "postgres-prod", "no_matching_rule", "no rule admits tag:agent"),
+        2 => Record::connection_denied(
+            &bot,
+            "db-prod",
+            "postgres-prod",
+            "no_matching_rule",
+            "no rule admits tag:agent",
+        ),
         _ => {
             let mut r = Record::connection_open(&alice, "wiki", "wiki").into_close();
             r.bytes_up = Some(10 * i as u64);

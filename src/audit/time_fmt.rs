@@ -86,6 +86,9 @@ mod tests {
 
     #[test]
     fn parse_rejects_garbage() {
-        assert!(matches!(parse("yesterday"), Err(AuditError::BadTime { .. })));
+        assert!(matches!(
+            parse("yesterday"),
+            Err(AuditError::BadTime { .. })
+        ));
     }
 }

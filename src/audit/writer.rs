@@ -138,11 +138,7 @@ impl AuditLog {
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
             record.fingerprint.clone_from(&current);
         }
-        if self
-            .tx
-            .try_send(Msg::Record(Box::new(record)))
-            .is_err()
-        {
+        if self.tx.try_send(Msg::Record(Box::new(record))).is_err() {
             self.shared.pending_drops.fetch_add(1, Ordering::Relaxed);
             self.shared.dropped_total.fetch_add(1, Ordering::Relaxed);
             self.shared.drop_notify.notify_one();

@@ -120,16 +120,18 @@ async fn a_small_queue_drops_counts_and_records_the_drops() {
         .map(|r| r.record.extra["count"].as_u64().unwrap())
         .sum();
     assert_eq!(dropped_recorded, log.dropped_total());
-    let kept = records.len()
-        - count(&records, Kind::RecordsDropped)
-        - count(&records, Kind::Shutdown);
+    let kept =
+        records.len() - count(&records, Kind::RecordsDropped) - count(&records, Kind::Shutdown);
     assert_eq!(kept as u64 + log.dropped_total(), 5010);
     let dropped = &records[4].record;
     assert_eq!(dropped.kind, Kind::RecordsDropped);
     assert_eq!(dropped.extra["count"], 6);
     assert_eq!(dropped.reason.as_deref(), Some("audit_queue_full"));
     let shutdown = &records.last().unwrap().record;
-    assert_eq!(shutdown.extra["dropped_total"].as_u64(), Some(log.dropped_total()));
+    assert_eq!(
+        shutdown.extra["dropped_total"].as_u64(),
+        Some(log.dropped_total())
+    );
     assert!(verify(&url, None).await.unwrap().ok);
 }
 

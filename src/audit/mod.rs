@@ -44,7 +44,7 @@ pub use query::{
     verify,
 };
 pub use record::{CallerInfo, Decision, Finding, FindingAction, Kind, Record, arg_digest};
-pub use store::Store;
+pub use store::{Access, Store};
 pub use writer::{AuditGuard, AuditLog, WriterTask};
 
 /// Everything that can go wrong in the audit layer.

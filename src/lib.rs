@@ -5,5 +5,6 @@
 
 #![deny(unsafe_code)]
 
+pub mod audit;
 pub mod identity;
 pub mod tailnet;

@@ -84,7 +84,7 @@ const RULES: &[(InjectionKind, &str)] = &[
     ),
     (
         InjectionKind::SystemPromptOverride,
-        r"(?i)(?:(?-u:\b)new\s+(?:system\s+)?instructions\s*:|(?:^|\n)[ \t]*#{2,}[ \t]*system(?-u:\b)|(?-u:\b)system\s+prompt\s*:|(?-u:\b)override\s+(?:the\s+)?system\s+prompt(?-u:\b))",
+        r"(?i)(?:(?-u:\b)new\s+(?:system\s+)?instructions\s*:|(?:^|\n)[ \t]*#{2,}[ \t]*system[ \t]*(?::|\r?\n|\z)|(?-u:\b)system\s+prompt\s*:|(?-u:\b)override\s+(?:the\s+)?system\s+prompt(?-u:\b))",
     ),
     (
         InjectionKind::RoleTag,
@@ -96,7 +96,10 @@ const RULES: &[(InjectionKind, &str)] = &[
     ),
     (
         InjectionKind::ToolInvocationRequest,
-        r"(?i)(?:(?-u:\b)(?:call|invoke|execute|trigger)\s+(?:the\s+)?(?:tool|function)\s+[`'\x22]?[a-z_][a-z0-9_.-]*|(?-u:\b)(?:call|invoke)\s+the\s+[`'\x22]?[a-z_][a-z0-9_.-]*[`'\x22]?\s+(?:tool|function)(?-u:\b))",
+        // The tool name must be quoted or look like an identifier
+        // (`send_email`, `fs.read`), so "call the function with two
+        // arguments" in ordinary docs does not match.
+        r"(?i)(?:(?-u:\b)(?:call|invoke|execute|trigger|run|use)\s+(?:the\s+)?(?:tool|function)\s+(?:[`'\x22][a-z_][a-z0-9_.-]*[`'\x22]|[a-z][a-z0-9]*[_.][a-z0-9_.]+)|(?-u:\b)(?:call|invoke|use|run)\s+the\s+(?:[`'\x22][a-z_][a-z0-9_.-]*[`'\x22]|[a-z][a-z0-9]*[_.][a-z0-9_.]+)\s+tool(?-u:\b))",
     ),
     (
         InjectionKind::HiddenUnicode,

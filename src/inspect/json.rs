@@ -45,7 +45,11 @@ pub(crate) fn redact_str(text: &str, matches: &[Match]) -> String {
 
 /// Redacts `text` until no secret is left (bounded by [`MAX_PASSES`]).
 /// Returns the first pass's matches, whose ranges refer to the original text.
-pub(crate) fn redact_in_place(text: &mut String, first: Vec<Match>, rescan: impl Fn(&str) -> Vec<Match>) -> Vec<Match> {
+pub(crate) fn redact_in_place(
+    text: &mut String,
+    first: Vec<Match>,
+    rescan: impl Fn(&str) -> Vec<Match>,
+) -> Vec<Match> {
     let mut pending = first.clone();
     for _ in 0..MAX_PASSES {
         if pending.is_empty() {
@@ -70,7 +74,12 @@ pub(crate) fn is_gcp_key(map: &Map<String, Value>) -> bool {
 /// they find nothing does a secret-naming key (`"password"`,
 /// `"Authorization"`, `"SecretAccessKey"` ...) make the whole value a secret.
 pub(crate) fn value_matches(key: Option<&str>, in_gcp_key: bool, value: &str) -> Vec<Match> {
-    let whole = |kind| vec![Match { kind, range: 0..value.len() }];
+    let whole = |kind| {
+        vec![Match {
+            kind,
+            range: 0..value.len(),
+        }]
+    };
     if in_gcp_key && key == Some("private_key") && !is_placeholder(value) {
         return whole(SecretKind::GcpServiceAccountKey);
     }
@@ -96,7 +105,9 @@ pub(crate) fn value_matches(key: Option<&str>, in_gcp_key: bool, value: &str) ->
     }
     if nk.ends_with("secretaccesskey")
         && value.len() == 40
-        && value.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'/' || b == b'+')
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'/' || b == b'+')
     {
         return whole(SecretKind::AwsSecretAccessKey);
     }

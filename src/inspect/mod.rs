@@ -113,7 +113,12 @@ struct SecretCollector(Vec<Finding>);
 impl json::Visitor for SecretCollector {
     fn string(&mut self, pointer: &str, key: Option<&str>, in_gcp_key: bool, value: &str) {
         for m in json::value_matches(key, in_gcp_key, value) {
-            self.0.push(finding(FindingKind::Secret(m.kind), pointer, m.range, false));
+            self.0.push(finding(
+                FindingKind::Secret(m.kind),
+                pointer,
+                m.range,
+                false,
+            ));
         }
     }
 
@@ -235,7 +240,10 @@ pub fn fuzz_entry(data: &[u8]) {
         let mut same = text.clone();
         let out = apply_text(&mut same, action);
         assert_eq!(same, text, "{action:?} modified the text");
-        assert_eq!(out.blocked, action == SecretAction::Block && !out.findings.is_empty());
+        assert_eq!(
+            out.blocked,
+            action == SecretAction::Block && !out.findings.is_empty()
+        );
     }
     let mut redacted = text.clone();
     apply_text(&mut redacted, SecretAction::Redact);
@@ -256,6 +264,9 @@ pub fn fuzz_entry(data: &[u8]) {
         assert_eq!(doc, before, "Log modified the document");
         apply(&mut doc, SecretAction::Redact);
         let left: Vec<FindingKind> = scan_json(&doc).into_iter().map(|f| f.kind).collect();
-        assert!(left.is_empty(), "document still has {left:?} after redaction");
+        assert!(
+            left.is_empty(),
+            "document still has {left:?} after redaction"
+        );
     }
 }

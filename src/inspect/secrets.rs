@@ -255,8 +255,8 @@ fn merge(mut found: Vec<(Match, usize)>) -> Vec<Match> {
     out
 }
 
-fn gcp_check(text: &str, _: &Captures<'_>, _: &str) -> bool {
-    GCP_TYPE.is_match(text)
+fn gcp_check(text: &str, _: &Captures<'_>, key: &str) -> bool {
+    !is_placeholder(key) && GCP_TYPE.is_match(text)
 }
 
 fn jwt_check(_: &str, _: &Captures<'_>, token: &str) -> bool {
@@ -296,8 +296,8 @@ fn assignment_check(_: &str, caps: &Captures<'_>, value: &str) -> bool {
     }
     // Prose such as "password: must be 8 characters" uses `:` with a bare
     // word; require a digit or symbol there. `=` and quoted values need not.
-    let bare_after_colon = caps.name("s3").is_some()
-        && caps.name("sep").is_some_and(|s| s.as_str() == ":");
+    let bare_after_colon =
+        caps.name("s3").is_some() && caps.name("sep").is_some_and(|s| s.as_str() == ":");
     !bare_after_colon || value.bytes().any(|b| !b.is_ascii_alphabetic())
 }
 
@@ -395,7 +395,10 @@ pub fn is_placeholder(value: &str) -> bool {
     if (v.starts_with('<') && v.ends_with('>'))
         || (v.starts_with("{{") && v.ends_with("}}"))
         || (v.starts_with("${") && v.ends_with('}'))
-        || (v.starts_with('$') && v[1..].bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+        || (v.starts_with('$')
+            && v[1..]
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_'))
         || v.starts_with("%s")
         || v.starts_with("%(")
     {

@@ -27,6 +27,8 @@ mod json;
 mod secrets;
 
 #[cfg(test)]
+mod perf_tests;
+#[cfg(test)]
 mod tests;
 
 use std::ops::Range;

@@ -10,7 +10,7 @@ fn b64url(s: &str) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s)
 }
 
-fn jwt() -> String {
+pub(super) fn jwt() -> String {
     format!(
         "{}.{}.{}",
         b64url(r#"{"alg":"HS256","typ":"JWT"}"#),
@@ -532,29 +532,4 @@ fn fuzz_entry_smoke() {
         fuzz_entry(input.as_bytes());
     }
     fuzz_entry(&[0xff, 0xfe, b'A', b'K', b'I', b'A']);
-}
-
-/// Not a timed assertion: prints how long a ~1 MiB document takes, for the
-/// linear-cost note. Run with `--ignored --nocapture`.
-#[test]
-#[ignore]
-fn scan_one_mebibyte() {
-    let row = json!({"id": "3b241101-e2bb-4255-8caf-4136c566a962", "sha": "9fceb02d0ae598e95dc970b74767f19372d61af8",
-        "note": "ordinary text with a url https://example.com/a?b=c and numbers 12345", "n": 1});
-    let rows: Vec<Value> = std::iter::repeat_n(row, 5000).collect();
-    let mut doc = json!({ "rows": rows, "tail": format!("password=hunter2 {}", jwt()) });
-    let bytes = serde_json::to_string(&doc).unwrap_or_default().len();
-    let t = std::time::Instant::now();
-    let found = scan_json(&doc).len();
-    let scan = t.elapsed();
-    let t = std::time::Instant::now();
-    apply(&mut doc, SecretAction::Redact);
-    let redact = t.elapsed();
-    let text = serde_json::to_string(&doc).unwrap_or_default();
-    let t = std::time::Instant::now();
-    let text_found = scan_text(&text).len() + scan_injection_text(&text).len();
-    println!(
-        "{bytes} bytes: scan_json {scan:?} ({found} findings), apply(Redact) {redact:?}, scan_text+injection on redacted {:?} ({text_found})",
-        t.elapsed()
-    );
 }

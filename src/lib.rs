@@ -8,3 +8,4 @@
 pub mod audit;
 pub mod identity;
 pub mod tailnet;
+pub mod inspect;

@@ -38,7 +38,10 @@ impl Glob {
         if pattern.split('/').any(|s| s == "." || s == "..") {
             return Err("may not contain '.' or '..' segments".into());
         }
-        if let Some(c) = pattern.chars().find(|c| matches!(c, '?' | '#' | '%' | '\\')) {
+        if let Some(c) = pattern
+            .chars()
+            .find(|c| matches!(c, '?' | '#' | '%' | '\\'))
+        {
             return Err(format!("may not contain {c:?}"));
         }
         Self::parse(pattern)
@@ -56,8 +59,13 @@ impl Glob {
         if pattern.contains("***") {
             return Err("'***' is not a valid wildcard (use '*' or '**')".into());
         }
-        if let Some(c) = pattern.chars().find(|c| c.is_whitespace() || c.is_control()) {
-            return Err(format!("may not contain whitespace or control characters ({c:?})"));
+        if let Some(c) = pattern
+            .chars()
+            .find(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(format!(
+                "may not contain whitespace or control characters ({c:?})"
+            ));
         }
         let bytes = pattern.as_bytes();
         let mut tokens = Vec::with_capacity(bytes.len());

@@ -108,7 +108,10 @@ fn step<'a>(node: Node<'a>, seg: &Seg) -> Option<(Node<'a>, Option<Range<usize>>
             let t = a.get(*i)?;
             Some((Node::Table(t), t.span()))
         }
-        (Node::Item(Item::Value(Value::Array(a))) | Node::Value(Value::Array(a)), Seg::Index(i)) => {
+        (
+            Node::Item(Item::Value(Value::Array(a))) | Node::Value(Value::Array(a)),
+            Seg::Index(i),
+        ) => {
             let v = a.get(*i)?;
             Some((Node::Value(v), v.span()))
         }

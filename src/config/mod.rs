@@ -22,6 +22,7 @@
 //! a normalised form, so the security team can match the running config
 //! against the file they signed off with `sha256sum`.
 
+mod endpoint;
 mod error;
 mod glob;
 mod locate;
@@ -101,9 +102,8 @@ impl Tailnet {
     pub fn auth_key(&self) -> Result<String, ConfigError> {
         match &self.auth_key {
             AuthKeySource::Env(name) => {
-                let value = std::env::var(name).map_err(|_| ConfigError::AuthKeyEnvMissing {
-                    name: name.clone(),
-                })?;
+                let value = std::env::var(name)
+                    .map_err(|_| ConfigError::AuthKeyEnvMissing { name: name.clone() })?;
                 let value = value.trim();
                 if value.is_empty() {
                     return Err(ConfigError::AuthKeyEnvEmpty { name: name.clone() });
@@ -403,7 +403,13 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     })?;
     let file_name = path.display().to_string();
     let source = String::from_utf8(bytes).map_err(|_| {
-        ConfigError::Invalid(vec![Diagnostic::new(&file_name, 1, 1, "", "file is not valid UTF-8")])
+        ConfigError::Invalid(vec![Diagnostic::new(
+            &file_name,
+            1,
+            1,
+            "",
+            "file is not valid UTF-8",
+        )])
     })?;
     parse(&source, &file_name)
 }

@@ -39,7 +39,10 @@ impl Host {
 
 fn is_private_v4(ip: Ipv4Addr) -> bool {
     let [a, b, ..] = ip.octets();
-    ip.is_loopback() || ip.is_private() || ip.is_link_local() || (a == 100 && (64..128).contains(&b))
+    ip.is_loopback()
+        || ip.is_private()
+        || ip.is_link_local()
+        || (a == 100 && (64..128).contains(&b))
 }
 
 fn is_private_v6(ip: Ipv6Addr) -> bool {
@@ -84,19 +87,22 @@ impl Target {
                 .map_err(|_| format!("invalid target {s:?}: {ip:?} is not an IPv6 address"))?;
             (Host::Ip(IpAddr::V6(ip)), port)
         } else {
-            let (host, port) = s
-                .rsplit_once(':')
-                .ok_or_else(|| format!("invalid target {s:?}: missing port (expected host:port)"))?;
+            let (host, port) = s.rsplit_once(':').ok_or_else(|| {
+                format!("invalid target {s:?}: missing port (expected host:port)")
+            })?;
             if host.contains(':') {
                 return Err(format!(
                     "invalid target {s:?}: IPv6 addresses must be bracketed, e.g. \"[::1]:8080\""
                 ));
             }
-            (parse_host(host).map_err(|why| format!("invalid target {s:?}: {why}"))?, port)
+            (
+                parse_host(host).map_err(|why| format!("invalid target {s:?}: {why}"))?,
+                port,
+            )
         };
-        let port: u16 = port
-            .parse()
-            .map_err(|_| format!("invalid target {s:?}: port {port:?} is not a number in 1..=65535"))?;
+        let port: u16 = port.parse().map_err(|_| {
+            format!("invalid target {s:?}: port {port:?} is not a number in 1..=65535")
+        })?;
         if port == 0 {
             return Err(format!("invalid target {s:?}: port 0 is not allowed"));
         }
@@ -118,7 +124,9 @@ fn parse_host(host: &str) -> Result<Host, String> {
                 && label.len() <= 63
                 && !label.starts_with('-')
                 && !label.ends_with('-')
-                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
         });
     // An all-numeric last label is a mistyped IPv4 address, not a name.
     let numeric_tld = name
@@ -126,7 +134,9 @@ fn parse_host(host: &str) -> Result<Host, String> {
         .next()
         .is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit()));
     if !labels_ok || numeric_tld {
-        return Err(format!("{host:?} is neither an IP address nor a valid DNS name"));
+        return Err(format!(
+            "{host:?} is neither an IP address nor a valid DNS name"
+        ));
     }
     Ok(Host::Name(name))
 }

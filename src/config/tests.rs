@@ -59,11 +59,14 @@ fn malformed_fixtures_report_expected_errors() {
     entries.sort();
     for path in entries {
         count += 1;
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
         let display = format!("tests/fixtures/config/{name}");
         let source = std::fs::read_to_string(&path).expect("fixture");
         let actual = match parse(&source, &display) {
-            Ok(_) => format!("(no error)"),
+            Ok(_) => "(no error)".to_owned(),
             Err(e) => e.to_string(),
         };
         let err_path = path.with_extension("err");
@@ -73,7 +76,9 @@ fn malformed_fixtures_report_expected_errors() {
         }
         let expected = std::fs::read_to_string(&err_path).unwrap_or_default();
         if expected.trim_end() != actual {
-            failures.push(format!("{name}:\n--- expected\n{expected}--- actual\n{actual}\n"));
+            failures.push(format!(
+                "{name}:\n--- expected\n{expected}--- actual\n{actual}\n"
+            ));
         }
     }
     assert!(count >= 12, "expected at least 12 fixtures, found {count}");
@@ -171,7 +176,10 @@ fn hostnames_use_the_prefix() {
     )
     .expect("valid");
     assert_eq!(c.endpoints[0].hostname, "corp-web");
-    assert_eq!(c.mcp.as_ref().map(|m| m.hostname.as_str()), Some("corp-mcp"));
+    assert_eq!(
+        c.mcp.as_ref().map(|m| m.hostname.as_str()),
+        Some("corp-mcp")
+    );
     assert_eq!(
         c.tailnet.device_state_dir("corp-web"),
         Path::new("/var/lib/portcullis/corp-web")
@@ -216,7 +224,10 @@ fn fingerprint_is_sha256_of_exact_bytes() {
     let a = parse(&src, "a.toml").expect("valid");
     let b = parse(&format!("{src}# comment\n"), "a.toml").expect("valid");
     assert_eq!(a.fingerprint.len(), 64);
-    assert_ne!(a.fingerprint, b.fingerprint, "comments are part of what was reviewed");
+    assert_ne!(
+        a.fingerprint, b.fingerprint,
+        "comments are part of what was reviewed"
+    );
     assert_eq!(
         parse("", "e.toml").err().map(|e| e.diagnostics().len()),
         Some(1),
@@ -232,7 +243,10 @@ fn fingerprint_is_sha256_of_exact_bytes() {
 #[test]
 fn load_reports_missing_file() {
     let err = load(Path::new("/nonexistent/endpoints.toml")).expect_err("missing");
-    assert!(err.to_string().starts_with("cannot read /nonexistent/endpoints.toml"));
+    assert!(
+        err.to_string()
+            .starts_with("cannot read /nonexistent/endpoints.toml")
+    );
 }
 
 #[test]
@@ -249,7 +263,12 @@ fn auth_key_from_file_is_trimmed_and_checked() {
         format!("tailnet auth key: file {} is empty", key.display())
     );
     t.auth_key = AuthKeySource::File(dir.path().join("absent"));
-    assert!(t.auth_key().expect_err("absent").to_string().contains("cannot read file"));
+    assert!(
+        t.auth_key()
+            .expect_err("absent")
+            .to_string()
+            .contains("cannot read file")
+    );
     // A name no test environment sets.
     t.auth_key = AuthKeySource::Env("PORTCULLIS_TEST_UNSET_AUTH_KEY_7f3a".into());
     assert_eq!(
@@ -266,9 +285,21 @@ fn targets_parse_and_display() {
         ("DB.Internal.:5432", "db.internal:5432"),
         ("localhost:1", "localhost:1"),
     ] {
-        assert_eq!(Target::parse(input).map(|t| t.to_string()), Ok(shown.into()));
+        assert_eq!(
+            Target::parse(input).map(|t| t.to_string()),
+            Ok(shown.into())
+        );
     }
-    for bad in ["127.0.0.1", "h:0", "h:65536", ":80", "::1:80", "a..b:1", "1.2.3.999:1", "[::1]80"] {
+    for bad in [
+        "127.0.0.1",
+        "h:0",
+        "h:65536",
+        ":80",
+        "::1:80",
+        "a..b:1",
+        "1.2.3.999:1",
+        "[::1]80",
+    ] {
         assert!(Target::parse(bad).is_err(), "{bad} should be rejected");
     }
     assert!(Target::parse("10.1.2.3:1").is_ok_and(|t| t.host.is_private()));

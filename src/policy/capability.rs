@@ -39,14 +39,17 @@ impl Grants {
             let Ok(raw) = RawGrant::deserialize(value) else {
                 continue;
             };
-            let endpoints: Result<Vec<_>, _> = raw.endpoints.iter().map(|g| Glob::name(g)).collect();
+            let endpoints: Result<Vec<_>, _> =
+                raw.endpoints.iter().map(|g| Glob::name(g)).collect();
             let tools: Result<Vec<_>, _> = raw
                 .tools
                 .iter()
                 .map(|g| {
                     // A tools grant must name its endpoint so one grant cannot
                     // silently cover every endpoint's tools of the same name.
-                    if g.split_once('/').is_some_and(|(e, t)| !e.is_empty() && !t.is_empty()) {
+                    if g.split_once('/')
+                        .is_some_and(|(e, t)| !e.is_empty() && !t.is_empty())
+                    {
                         Glob::name(g)
                     } else {
                         Err(String::new())

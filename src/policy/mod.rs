@@ -156,10 +156,22 @@ impl Policy {
                 ports: e.ports.clone(),
                 allow: e.allow.clone(),
                 description: e.description.clone(),
-                methods: e.http.as_ref().map(|h| h.methods.clone()).unwrap_or_default(),
+                methods: e
+                    .http
+                    .as_ref()
+                    .map(|h| h.methods.clone())
+                    .unwrap_or_default(),
                 paths: e.http.as_ref().map(|h| h.paths.clone()).unwrap_or_default(),
-                tools_allow: e.mcp.as_ref().map(|m| m.tools_allow.clone()).unwrap_or_default(),
-                tools_deny: e.mcp.as_ref().map(|m| m.tools_deny.clone()).unwrap_or_default(),
+                tools_allow: e
+                    .mcp
+                    .as_ref()
+                    .map(|m| m.tools_allow.clone())
+                    .unwrap_or_default(),
+                tools_deny: e
+                    .mcp
+                    .as_ref()
+                    .map(|m| m.tools_deny.clone())
+                    .unwrap_or_default(),
             })
             .collect();
         let mcp = config.mcp.as_ref().map(|m| McpPolicy {
@@ -195,7 +207,10 @@ impl Policy {
     }
 
     fn grants(&self, caller: &Caller) -> Grants {
-        Grants::of(caller, self.mcp.as_ref().and_then(|m| m.capability.as_deref()))
+        Grants::of(
+            caller,
+            self.mcp.as_ref().and_then(|m| m.capability.as_deref()),
+        )
     }
 }
 
@@ -240,10 +255,12 @@ fn endpoint_access(
     if let Some(rule) = first_match(&ep.allow, caller) {
         return Some(Reason::AllowedByIdentity { rule });
     }
-    grants.endpoint(&ep.name).map(|g| Reason::AllowedByCapability {
-        capability: capability_name(policy),
-        grant: format!("endpoints: {g}"),
-    })
+    grants
+        .endpoint(&ep.name)
+        .map(|g| Reason::AllowedByCapability {
+            capability: capability_name(policy),
+            grant: format!("endpoints: {g}"),
+        })
 }
 
 fn capability_name(policy: &Policy) -> String {
@@ -278,7 +295,8 @@ pub fn decide(policy: &Policy, caller: &Caller, action: &Action<'_>) -> Decision
     };
     let result = match *action {
         Action::Connect { endpoint, port } => lookup(endpoint).and_then(|ep| {
-            let allowed = endpoint_access(policy, ep, caller, &grants).ok_or_else(|| not_allowed(ep))?;
+            let allowed =
+                endpoint_access(policy, ep, caller, &grants).ok_or_else(|| not_allowed(ep))?;
             if !ep.ports.contains(&port) {
                 return Err(Decision::deny(Reason::PortNotAllowed {
                     endpoint: ep.name.clone(),
@@ -345,10 +363,12 @@ pub fn decide(policy: &Policy, caller: &Caller, action: &Action<'_>) -> Decision
             }
             endpoint_access(policy, ep, caller, &grants)
                 .or_else(|| {
-                    grants.any_tool_on(&ep.name).map(|g| Reason::AllowedByCapability {
-                        capability: capability_name(policy),
-                        grant: format!("tools: {g}"),
-                    })
+                    grants
+                        .any_tool_on(&ep.name)
+                        .map(|g| Reason::AllowedByCapability {
+                            capability: capability_name(policy),
+                            grant: format!("tools: {g}"),
+                        })
                 })
                 .map(Decision::permit)
                 .ok_or_else(|| not_allowed(ep))
@@ -373,10 +393,12 @@ fn call_tool(
     grants: &Grants,
     tool: &str,
 ) -> Result<Decision, Decision> {
-    let tool_grant = grants.tool(&ep.name, tool).map(|g| Reason::AllowedByCapability {
-        capability: capability_name(policy),
-        grant: format!("tools: {g}"),
-    });
+    let tool_grant = grants
+        .tool(&ep.name, tool)
+        .map(|g| Reason::AllowedByCapability {
+            capability: capability_name(policy),
+            grant: format!("tools: {g}"),
+        });
     let access = endpoint_access(policy, ep, caller, grants);
     if tool_grant.is_none() && access.is_none() {
         return Err(Decision::deny(Reason::NotInAllowList {
@@ -395,9 +417,9 @@ fn call_tool(
             kind: ep.kind,
             action: "tools",
         })),
-        Kind::Http if tool == HTTP_REQUEST_TOOL => {
-            Ok(Decision::permit(access.or(tool_grant).ok_or_else(not_allowed)?))
-        }
+        Kind::Http if tool == HTTP_REQUEST_TOOL => Ok(Decision::permit(
+            access.or(tool_grant).ok_or_else(not_allowed)?,
+        )),
         Kind::Http => Err(not_allowed()),
         Kind::Mcp => {
             // Deny wins over every grant, including the capability's.

@@ -125,15 +125,24 @@ impl fmt::Display for Reason {
                 endpoint,
                 kind,
                 action,
-            } => write!(f, "endpoint {endpoint:?} is kind {kind}, which has no {action} access"),
+            } => write!(
+                f,
+                "endpoint {endpoint:?} is kind {kind}, which has no {action} access"
+            ),
             Reason::NotInAllowList { endpoint } => {
-                write!(f, "caller is not in the allow list of endpoint {endpoint:?}")
+                write!(
+                    f,
+                    "caller is not in the allow list of endpoint {endpoint:?}"
+                )
             }
             Reason::PortNotAllowed { endpoint, port } => {
                 write!(f, "endpoint {endpoint:?} does not listen on port {port}")
             }
             Reason::MethodNotAllowed { endpoint, method } => {
-                write!(f, "method {method:?} is not allowed on endpoint {endpoint:?}")
+                write!(
+                    f,
+                    "method {method:?} is not allowed on endpoint {endpoint:?}"
+                )
             }
             Reason::PathNotAllowed { endpoint, path } => {
                 write!(f, "path {path:?} is not allowed on endpoint {endpoint:?}")

@@ -218,20 +218,50 @@ fn malformed_capability_values_grant_nothing() {
     ];
     for value in bad {
         let c = with_cap(intruder(), vec![value.clone()]);
-        let d = decide(&p, &c, &Action::Connect { endpoint: "secret", port: 80 });
+        let d = decide(
+            &p,
+            &c,
+            &Action::Connect {
+                endpoint: "secret",
+                port: 80,
+            },
+        );
         assert!(!d.permit, "{value} must not grant access");
         assert!(!decide(&p, &c, &Action::McpAccess).permit, "{value}");
         assert!(visible_endpoints(&p, &c).is_empty(), "{value}");
     }
     // One bad value does not spoil a good one next to it.
-    let c = with_cap(intruder(), vec![json!(42), json!({"endpoints": ["secret"]})]);
-    assert!(decide(&p, &c, &Action::Connect { endpoint: "secret", port: 80 }).permit);
+    let c = with_cap(
+        intruder(),
+        vec![json!(42), json!({"endpoints": ["secret"]})],
+    );
+    assert!(
+        decide(
+            &p,
+            &c,
+            &Action::Connect {
+                endpoint: "secret",
+                port: 80
+            }
+        )
+        .permit
+    );
     // A grant under another capability name means nothing here.
     let mut other = intruder();
     other
         .capabilities
         .insert("other.com/cap/x".into(), vec![json!({"endpoints": ["*"]})]);
-    assert!(!decide(&p, &other, &Action::Connect { endpoint: "secret", port: 80 }).permit);
+    assert!(
+        !decide(
+            &p,
+            &other,
+            &Action::Connect {
+                endpoint: "secret",
+                port: 80
+            }
+        )
+        .permit
+    );
 }
 
 #[test]
@@ -275,7 +305,9 @@ fn query_and_fragment_are_ignored_for_matching() {
     assert_eq!(path::normalise("/a/b?x=../..#f").as_deref(), Ok("/a/b"));
     assert_eq!(path::normalise("/a/%62").as_deref(), Ok("/a/b"));
     assert_eq!(path::normalise("/a/").as_deref(), Ok("/a/"));
-    for bad in ["a", "", "/a/%2", "/a/%zz", "/a/%252e", "/a\\b", "/a/%00", "/a/./b"] {
+    for bad in [
+        "a", "", "/a/%2", "/a/%zz", "/a/%252e", "/a\\b", "/a/%00", "/a/./b",
+    ] {
         assert!(path::normalise(bad).is_err(), "{bad:?} should be refused");
     }
 }

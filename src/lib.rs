@@ -1,11 +1,50 @@
 //! Portcullis: the only door between AI agents on a tailnet and a company's
 //! private services.
 //!
-//! (Module map and data flow: filled in as the modules land.)
+//! One process embeds several tailnet nodes. Every endpoint listed in
+//! `endpoints.toml` becomes its own virtual device; one more device serves a
+//! governed MCP endpoint. Whatever is not in the file does not exist.
+//!
+//! # Module map
+//!
+//! General pieces (they import nothing below the line):
+//!
+//! - [`identity`]: [`identity::Caller`], who is calling, as WhoIs says.
+//! - [`tailnet`]: embedded tsnet nodes over FFI; the only `unsafe` code.
+//! - [`config`]: `endpoints.toml`: parse, validate with file:line:col and
+//!   field paths, fingerprint.
+//! - [`policy`]: `decide(policy, caller, action)`; pure, deny by default.
+//! - [`inspect`]: secret and prompt-injection detectors, redaction.
+//! - [`audit`]: records, hash chain, SQLite/PostgreSQL store, verify, export.
+//!
+//! Pieces that wire them together:
+//!
+//! - [`review`]: the security-review report and diff of an endpoint file.
+//! - [`devices`]: one virtual device per endpoint: accept, identify,
+//!   authorize, proxy.
+//! - `main.rs`: the CLI; one function per subcommand.
+//!
+//! # Data flow, top to bottom
+//!
+//! ```text
+//! tailnet accept (fd + peer address, one message)
+//!   -> identify   Node::whois(peer) on the accepting node -> Caller
+//!   -> authorize  policy::decide(&Policy, &Caller, &Action) -> permit | deny(reason)
+//!   -> inspect    arguments (secrets / injection) -> pass | redact | block
+//!   -> backend    TCP splice, HTTP request, or upstream MCP call (target only from the file)
+//!   -> inspect    results
+//!   -> audit      one record per connection / call, always, also on deny and error
+//! ```
+//!
+//! An [`audit::AuditGuard`] is created at accept and written when dropped, so
+//! a denial, a timeout or a panic still leaves a record.
 
 #![deny(unsafe_code)]
 
 pub mod audit;
+pub mod config;
 pub mod identity;
-pub mod tailnet;
 pub mod inspect;
+pub mod policy;
+pub mod review;
+pub mod tailnet;

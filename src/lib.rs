@@ -16,6 +16,7 @@
 //! - [`policy`]: `decide(policy, caller, action)`; pure, deny by default.
 //! - [`inspect`]: secret and prompt-injection detectors, redaction.
 //! - [`audit`]: records, hash chain, SQLite/PostgreSQL store, verify, export.
+//! - [`backend`]: targets pinned once per configuration, connect with timeout.
 //!
 //! Pieces that wire them together:
 //!
@@ -42,6 +43,7 @@
 #![deny(unsafe_code)]
 
 pub mod audit;
+pub mod backend;
 pub mod config;
 pub mod identity;
 pub mod inspect;

@@ -60,7 +60,10 @@ pub fn review(args: ReviewArgs) -> anyhow::Result<ExitCode> {
             text
         }
         Format::Json => {
-            let value = serde_json::json!({ "report": report, "diff": diff });
+            let value = JsonOutput {
+                report: &report,
+                diff: diff.as_ref(),
+            };
             let mut text =
                 serde_json::to_string_pretty(&value).context("cannot render the review as JSON")?;
             text.push('\n');
@@ -69,13 +72,21 @@ pub fn review(args: ReviewArgs) -> anyhow::Result<ExitCode> {
     };
     super::print(&text)?;
     let warnings = report.warnings.len();
-    if warnings > 0 {
+    if args.strict && warnings > 0 {
         let s = if warnings == 1 { "" } else { "s" };
-        tracing::warn!("{} has {warnings} review warning{s}", args.config.display());
-        if args.strict {
-            eprintln!("error: {warnings} review warning{s} and --strict was given");
-            return Ok(ExitCode::from(EXIT_CHECK_FAILED));
-        }
+        eprintln!(
+            "error: {} has {warnings} review warning{s} and --strict was given",
+            args.config.display()
+        );
+        return Ok(ExitCode::from(EXIT_CHECK_FAILED));
     }
     Ok(ExitCode::from(EXIT_OK))
+}
+
+/// The JSON output: the report first, then the diff (null without
+/// `--against`).
+#[derive(serde::Serialize)]
+struct JsonOutput<'a> {
+    report: &'a review::Report,
+    diff: Option<&'a review::Diff>,
 }

@@ -15,15 +15,21 @@ use clap::{Parser, Subcommand};
 /// Governed, identity-checked access from AI agents on a tailnet to a
 /// company's private services.
 #[derive(Debug, Parser)]
-#[command(name = "portcullis", version, about, propagate_version = true)]
+#[command(name = "portcullis", version, about)]
 struct Cli {
     /// Log line format on stderr.
-    #[arg(long, global = true, value_enum, default_value_t = cli::LogFormat::Human)]
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value_t = cli::LogFormat::Human,
+        help_heading = "Logging"
+    )]
     log_format: cli::LogFormat,
 
     /// Log filter in RUST_LOG syntax, e.g. `info` or
     /// `portcullis=debug,sqlx=warn`. Defaults to $PORTCULLIS_LOG, else `info`.
-    #[arg(long, global = true, value_name = "FILTER")]
+    #[arg(long, global = true, value_name = "FILTER", help_heading = "Logging")]
     log: Option<String>,
 
     #[command(subcommand)]

@@ -78,7 +78,10 @@ fn invalid_files_exit_2_with_every_diagnostic() {
             let err = stderr(&out);
             assert!(err.contains(&format!("{file} is not valid")), "{err}");
             for line in expected.lines() {
-                assert!(err.contains(line), "{command} {file}: missing {line:?} in\n{err}");
+                assert!(
+                    err.contains(line),
+                    "{command} {file}: missing {line:?} in\n{err}"
+                );
             }
             assert!(stdout(&out).is_empty(), "{command} {file}");
         }
@@ -98,7 +101,11 @@ fn check_reports_every_file_and_fails_if_any_is_invalid() {
 
     let out = portcullis(&["check", "no/such/file.toml"]);
     assert_eq!(code(&out), 2);
-    assert!(stderr(&out).contains("no/such/file.toml"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no/such/file.toml"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -110,7 +117,10 @@ fn warnings_fail_review_only_under_strict() {
 
     let out = portcullis(&["review", "--strict", file]);
     assert_eq!(code(&out), 1);
-    assert!(stdout(&out).contains("allow_everyone"), "report still printed");
+    assert!(
+        stdout(&out).contains("allow_everyone"),
+        "report still printed"
+    );
     assert!(stderr(&out).contains("--strict"), "{}", stderr(&out));
 }
 
@@ -126,7 +136,12 @@ fn review_markdown_is_the_library_report() {
 
 #[test]
 fn review_json_is_one_object_with_report_and_diff() {
-    let out = portcullis(&["review", "--format", "json", "tests/fixtures/review/warn.toml"]);
+    let out = portcullis(&[
+        "review",
+        "--format",
+        "json",
+        "tests/fixtures/review/warn.toml",
+    ]);
     assert_eq!(code(&out), 0);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
     assert_eq!(v["report"]["warnings"][0]["code"], "allow_everyone");
@@ -154,7 +169,9 @@ fn review_against_shows_added_device() {
     let out = portcullis(&["review", proposed, "--against", old]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let text = stdout(&out);
-    let diff = &text[text.find("# Portcullis exposure changes").expect("diff after report")..];
+    let diff = &text[text
+        .find("# Portcullis exposure changes")
+        .expect("diff after report")..];
     assert!(diff.contains("## Added devices"), "{diff}");
     assert!(diff.contains("`grafana`"), "{diff}");
 
@@ -186,8 +203,16 @@ fn version_names_the_tailscale_build() {
 
     let out = portcullis(&["version", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
-    assert!(v["tailscale"].as_str().is_some_and(|t| t.starts_with("v1.")), "{v}");
-    assert!(v["go"].as_str().is_some_and(|g| g.starts_with("go1.")), "{v}");
+    assert!(
+        v["tailscale"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("v1.")),
+        "{v}"
+    );
+    assert!(
+        v["go"].as_str().is_some_and(|g| g.starts_with("go1.")),
+        "{v}"
+    );
 }
 
 // ---- audit -----------------------------------------------------------------
@@ -219,7 +244,9 @@ fn sample(i: usize) -> Record {
 /// Writes `records` to `connector`'s chain at `url`, then the shutdown
 /// record.
 async fn write_audit(url: &str, connector: &str, records: impl IntoIterator<Item = Record>) {
-    let (log, task) = AuditLog::open(url, connector, 1024).await.expect("open log");
+    let (log, task) = AuditLog::open(url, connector, 1024)
+        .await
+        .expect("open log");
     log.set_fingerprint("f00d");
     for record in records {
         log.record(record);
@@ -249,7 +276,10 @@ async fn audit_verify_detects_tampering() {
     let text = stdout(&out);
     assert!(text.contains("edge-1: 21 records, head seq 21"), "{text}");
     assert!(text.contains("ends with shutdown"), "{text}");
-    assert!(text.ends_with("OK: 21 records in 1 chain verified\n"), "{text}");
+    assert!(
+        text.ends_with("OK: 21 records in 1 chain verified\n"),
+        "{text}"
+    );
 
     let out = portcullis(&["audit", "verify", "--audit", &url, "--connector", "edge-9"]);
     assert_eq!(code(&out), 1, "a named chain without records is not OK");
@@ -326,7 +356,12 @@ async fn audit_query_filters_and_formats() {
     let out = portcullis(&["audit", "query"]);
     assert_eq!(code(&out), 2, "a store is required");
     let missing = dir.path().join("missing.db");
-    let out = portcullis(&["audit", "query", "--audit", missing.to_str().expect("utf-8")]);
+    let out = portcullis(&[
+        "audit",
+        "query",
+        "--audit",
+        missing.to_str().expect("utf-8"),
+    ]);
     assert_eq!(code(&out), 2, "a read-only open never creates a store");
     assert!(!missing.exists());
 }
@@ -368,11 +403,18 @@ async fn audit_export_writes_one_line_per_record() {
 
     let file = dir.path().join("export.jsonl");
     let file_arg = file.to_str().expect("utf-8");
-    let out = portcullis(&["audit", "export", "--jsonl", "--audit", &url, "-o", file_arg]);
+    let out = portcullis(&[
+        "audit", "export", "--jsonl", "--audit", &url, "-o", file_arg,
+    ]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert!(out.stdout.is_empty());
     let written = std::fs::read_to_string(&file).expect("export file");
-    assert_eq!(written, stdout(&portcullis(&["audit", "export", "--jsonl", "--audit", &url])));
+    assert_eq!(
+        written,
+        stdout(&portcullis(&[
+            "audit", "export", "--jsonl", "--audit", &url
+        ]))
+    );
 
     let out = portcullis(&["audit", "export", "--audit", &url]);
     assert_eq!(code(&out), 2, "--jsonl is required");
@@ -386,7 +428,12 @@ async fn audit_tail_prints_the_last_records_and_follows() {
     let out = portcullis(&["audit", "tail", "--audit", &url, "--json", "-n", "4"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert_eq!(lines(&out), 4);
-    assert!(stdout(&out).lines().last().is_some_and(|l| l.contains("\"seq\":21")));
+    assert!(
+        stdout(&out)
+            .lines()
+            .last()
+            .is_some_and(|l| l.contains("\"seq\":21"))
+    );
 
     let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
         .args(["audit", "tail", "-f", "--json", "--audit", &url])
@@ -404,9 +451,15 @@ async fn audit_tail_prints_the_last_records_and_follows() {
             }
         }
     });
-    let next = || rx.recv_timeout(Duration::from_secs(15)).expect("a line from tail -f");
+    let next = || {
+        rx.recv_timeout(Duration::from_secs(15))
+            .expect("a line from tail -f")
+    };
     for expected in [17, 19] {
-        assert!(next().contains(&format!("\"seq\":{expected},")), "backlog of -n 2");
+        assert!(
+            next().contains(&format!("\"seq\":{expected},")),
+            "backlog of -n 2"
+        );
     }
 
     // One matching and one other record; the shutdown record does not
@@ -422,7 +475,10 @@ async fn audit_tail_prints_the_last_records_and_follows() {
     )
     .await;
     let line = next();
-    assert!(line.contains("\"seq\":23,") && line.contains("\"late\":true"), "{line}");
+    assert!(
+        line.contains("\"seq\":23,") && line.contains("\"late\":true"),
+        "{line}"
+    );
 
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -431,5 +487,8 @@ async fn audit_tail_prints_the_last_records_and_follows() {
     assert!(status.success());
     let out = child.wait_with_output().expect("tail -f exits");
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert!(rx.recv_timeout(Duration::from_secs(1)).is_err(), "nothing else printed");
+    assert!(
+        rx.recv_timeout(Duration::from_secs(1)).is_err(),
+        "nothing else printed"
+    );
 }

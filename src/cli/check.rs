@@ -28,5 +28,9 @@ pub fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    Ok(ExitCode::from(if invalid == 0 { EXIT_OK } else { EXIT_ERROR }))
+    Ok(ExitCode::from(if invalid == 0 {
+        EXIT_OK
+    } else {
+        EXIT_ERROR
+    }))
 }

@@ -72,8 +72,15 @@ pub fn report_error(error: &anyhow::Error) -> ExitCode {
         return ExitCode::from(EXIT_OK);
     }
     let mut text = format!("error: {error}\n");
+    let mut previous = error.to_string();
     for cause in error.chain().skip(1) {
-        for line in cause.to_string().lines() {
+        let message = cause.to_string();
+        // Wrapping errors often repeat their source in their own message.
+        if previous.contains(&message) {
+            continue;
+        }
+        previous.clone_from(&message);
+        for line in message.lines() {
             text.push_str("  ");
             text.push_str(line);
             text.push('\n');
@@ -118,7 +125,11 @@ pub fn default_connector() -> String {
     from_kernel
         .map(|h| h.trim().to_owned())
         .filter(|h| !h.is_empty())
-        .or_else(|| from_env().map(|h| h.trim().to_owned()).filter(|h| !h.is_empty()))
+        .or_else(|| {
+            from_env()
+                .map(|h| h.trim().to_owned())
+                .filter(|h| !h.is_empty())
+        })
         .unwrap_or_else(|| "portcullis".to_owned())
 }
 
@@ -128,4 +139,64 @@ pub fn print(text: &str) -> anyhow::Result<()> {
     out.write_all(text.as_bytes())
         .and_then(|()| out.flush())
         .context("cannot write to stdout")
+}
+
+/// `url` with any password (`user:PASSWORD@` or a `password=` query
+/// parameter) replaced by `***`, for messages and logs.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{user}:***@{host}"),
+            None => authority.to_owned(),
+        },
+        None => authority.to_owned(),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let params: Vec<String> = query
+                .split('&')
+                .map(|p| match p.split_once('=') {
+                    Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=***"),
+                    _ => p.to_owned(),
+                })
+                .collect();
+            format!("{path}?{}", params.join("&"))
+        }
+        None => tail.to_owned(),
+    };
+    format!("{scheme}://{authority}{tail}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redact_url_hides_only_passwords() {
+        let table = [
+            (
+                "postgres://u:secret@db:5432/audit",
+                "postgres://u:***@db:5432/audit",
+            ),
+            ("postgres://u:s@cret@db/audit", "postgres://u:***@db/audit"),
+            ("postgres://u@db/audit", "postgres://u@db/audit"),
+            (
+                "postgres://db/audit?user=x&password=secret&sslmode=require",
+                "postgres://db/audit?user=x&password=***&sslmode=require",
+            ),
+            (
+                "sqlite:///var/lib/p/audit.db",
+                "sqlite:///var/lib/p/audit.db",
+            ),
+            ("./audit.db", "./audit.db"),
+        ];
+        for (url, expected) in table {
+            assert_eq!(redact_url(url), expected);
+        }
+    }
 }

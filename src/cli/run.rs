@@ -35,11 +35,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .audit
         .clone()
         .unwrap_or_else(|| super::default_audit_url(&config));
-    let connector = args.connector.clone().unwrap_or_else(super::default_connector);
+    let connector = args
+        .connector
+        .clone()
+        .unwrap_or_else(super::default_connector);
     tracing::info!(
         file = %args.config.display(),
         fingerprint = %config.fingerprint,
-        %audit,
+        audit = %super::redact_url(&audit),
         %connector,
         drain_timeout_s = args.drain_timeout,
         "endpoint file valid"

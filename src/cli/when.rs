@@ -7,8 +7,7 @@ use std::time::Duration;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-const EXPECTED: &str =
-    "expected an age like 15m, 2h or 7d (units s, m, h, d, w) or an RFC 3339 time like 2024-05-06T07:08:09Z";
+const EXPECTED: &str = "expected an age like 15m, 2h or 7d (units s, m, h, d, w) or an RFC 3339 time like 2024-05-06T07:08:09Z";
 
 /// clap value parser for `--since` / `--until`: the time `text` names,
 /// ages counted back from now. The error text is shown after clap's
@@ -36,7 +35,9 @@ fn parse_age(text: &str) -> Result<Duration, String> {
     let mut total: u64 = 0;
     let mut rest = text;
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
         if digits == 0 {
             return Err(format!("expected a number at {rest:?}; {EXPECTED}"));
         }
@@ -44,9 +45,10 @@ fn parse_age(text: &str) -> Result<Duration, String> {
             .parse()
             .map_err(|_| format!("number too large; {EXPECTED}"))?;
         rest = &rest[digits..];
-        let unit = rest.chars().next().ok_or_else(|| {
-            format!("missing unit after {number}; {EXPECTED}")
-        })?;
+        let unit = rest
+            .chars()
+            .next()
+            .ok_or_else(|| format!("missing unit after {number}; {EXPECTED}"))?;
         let seconds = match unit {
             's' => 1,
             'm' => 60,
@@ -98,7 +100,15 @@ mod tests {
     #[test]
     fn bad_values_say_what_was_expected() {
         for text in [
-            "", "15", "m", "15x", "1.5h", "-2h", "yesterday", "2024-05-06T07", "99999999999999999999d",
+            "",
+            "15",
+            "m",
+            "15x",
+            "1.5h",
+            "-2h",
+            "yesterday",
+            "2024-05-06T07",
+            "99999999999999999999d",
             "999999999999w",
         ] {
             let err = parse_when_at(text, NOW).expect_err(text);

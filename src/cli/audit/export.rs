@@ -33,11 +33,13 @@ pub struct ExportArgs {
 /// Writes every record of every chain, in connector and seq order.
 pub async fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
     let url = args.store.url()?;
-    let what = || format!("cannot export audit store {}", super::redact(&url));
+    let what = || format!("cannot export audit store {}", crate::cli::redact_url(&url));
     match &args.output {
         None => {
             let mut out = BufWriter::new(std::io::stdout());
-            let lines = audit::export_jsonl(&url, &mut out).await.with_context(what)?;
+            let lines = audit::export_jsonl(&url, &mut out)
+                .await
+                .with_context(what)?;
             tracing::debug!(lines, "audit export written to stdout");
         }
         Some(path) => {

@@ -188,38 +188,3 @@ fn json_lines(records: &[StoredRecord]) -> anyhow::Result<String> {
     }
     Ok(out)
 }
-
-/// `url` with any password replaced by `***`, for messages and logs.
-fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _password)) => format!("{scheme}://{user}:***@{host}{tail}"),
-            None => url.to_owned(),
-        },
-        None => url.to_owned(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn redact_hides_only_the_password() {
-        let table = [
-            ("postgres://u:secret@db:5432/audit", "postgres://u:***@db:5432/audit"),
-            ("postgres://u@db/audit", "postgres://u@db/audit"),
-            ("postgres://db/audit?user=x", "postgres://db/audit?user=x"),
-            ("sqlite:///var/lib/p/audit.db", "sqlite:///var/lib/p/audit.db"),
-            ("./audit.db", "./audit.db"),
-        ];
-        for (url, expected) in table {
-            assert_eq!(redact(url), expected);
-        }
-    }
-}

@@ -32,7 +32,7 @@ pub async fn query(args: QueryArgs) -> anyhow::Result<ExitCode> {
     let filter = args.filter.to_filter(Some(args.limit));
     let records = audit::query(&url, &filter)
         .await
-        .with_context(|| format!("cannot query audit store {}", super::redact(&url)))?;
+        .with_context(|| format!("cannot query audit store {}", crate::cli::redact_url(&url)))?;
     let text = if args.json {
         super::json_lines(&records)?
     } else {

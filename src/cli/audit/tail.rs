@@ -40,7 +40,7 @@ pub struct TailArgs {
 /// Prints the last records, then with `--follow` new ones every 500 ms.
 pub async fn tail(args: TailArgs) -> anyhow::Result<ExitCode> {
     let url = args.store.url()?;
-    let context = || format!("cannot read audit store {}", super::redact(&url));
+    let context = || format!("cannot read audit store {}", crate::cli::redact_url(&url));
     let filter = args.filter.to_filter(None);
     let backlog_filter = Filter {
         limit: Some(args.limit),

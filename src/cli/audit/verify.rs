@@ -30,7 +30,7 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     let url = args.store.url()?;
     let report = audit::verify(&url, args.connector.as_deref())
         .await
-        .with_context(|| format!("cannot verify audit store {}", super::redact(&url)))?;
+        .with_context(|| format!("cannot verify audit store {}", crate::cli::redact_url(&url)))?;
     let mut text = String::new();
     if args.json {
         text = serde_json::to_string_pretty(&report)? + "\n";

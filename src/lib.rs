@@ -47,6 +47,7 @@ pub mod backend;
 pub mod config;
 pub mod identity;
 pub mod inspect;
+pub mod mcp;
 pub mod policy;
 pub mod review;
 pub mod tailnet;

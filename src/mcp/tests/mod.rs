@@ -1,0 +1,1 @@
+//! Tests of the MCP endpoint without a tailnet.

@@ -199,9 +199,7 @@ impl McpError {
             McpError::BodyTooLarge { .. } => "body_too_large",
             McpError::BodyRead(_) => "body_read_error",
             McpError::Parse(_) => "parse_error",
-            McpError::SessionNotFound {
-                other_caller: true,
-            } => "session_caller_mismatch",
+            McpError::SessionNotFound { other_caller: true } => "session_caller_mismatch",
             McpError::SessionNotFound {
                 other_caller: false,
             } => "session_not_found",

@@ -6,9 +6,9 @@ use std::sync::Arc;
 
 use rmcp::ErrorData;
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock as Content, Implementation,
-    InitializeRequestParams, InitializeResult, ListToolsResult, PaginatedRequestParams,
-    ServerCapabilities, ServerConfig,
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock as Content,
+    Implementation, InitializeRequestParams, InitializeResult, ListToolsResult,
+    PaginatedRequestParams, ServerCapabilities, ServerConfig,
 };
 use rmcp::service::{RequestContext, RoleServer};
 use serde_json::{Value, json};
@@ -202,8 +202,8 @@ impl Handler {
 
         // Limits count only routable calls, so junk names make no buckets.
         if let Err(limited) = shared.limiter.check(&caller.node_id, name) {
-            let mut hit = Record::rate_limited(caller, &shared.device.name)
-                .with_device(&shared.device.name);
+            let mut hit =
+                Record::rate_limited(caller, &shared.device.name).with_device(&shared.device.name);
             hit.tool = Some(name.to_owned());
             hit.detail = Some(format!("{} limit {}", limited.limit, limited.rate));
             shared.audit.record(hit);
@@ -214,7 +214,11 @@ impl Handler {
         match &route {
             Route::Whoami => {
                 record.decision = Some(crate::audit::Decision::Permit);
-                return Ok(json_result(builtin::whoami(&policy, caller, &shared.upstreams)));
+                return Ok(json_result(builtin::whoami(
+                    &policy,
+                    caller,
+                    &shared.upstreams,
+                )));
             }
             Route::ListEndpoints => {
                 record.decision = Some(crate::audit::Decision::Permit);
@@ -235,7 +239,11 @@ impl Handler {
         let (endpoint, tool) = match (&route, &http_args) {
             (Route::Upstream { endpoint, tool }, _) => (endpoint.clone(), tool.clone()),
             (_, Some(a)) => (a.endpoint.clone(), HTTP_REQUEST_TOOL.to_owned()),
-            _ => return Err(McpError::UnknownTool { name: name.to_owned() }),
+            _ => {
+                return Err(McpError::UnknownTool {
+                    name: name.to_owned(),
+                });
+            }
         };
         record.endpoint = Some(endpoint.clone());
         let decision = decide(
@@ -282,12 +290,13 @@ impl Handler {
                     authorize_http(&policy, caller, &a)?;
                 }
                 a.endpoint.clone_from(&endpoint);
-                let pinned = endpoints.pinned.get(&endpoint).ok_or_else(|| {
-                    McpError::Http {
+                let pinned = endpoints
+                    .pinned
+                    .get(&endpoint)
+                    .ok_or_else(|| McpError::Http {
                         endpoint: endpoint.clone(),
                         why: "target was not resolved".to_owned(),
-                    }
-                })?;
+                    })?;
                 let out = http_tool::send(settings, pinned, &a, caller).await?;
                 if let Some(status) = out.get("status") {
                     record.set_extra("http_status", status.clone());
@@ -307,15 +316,18 @@ impl Handler {
         let notes = inspection::result(&mut value, settings.inspect, record)?;
         let mut result = match route {
             Route::HttpRequest => json_result(value),
-            _ => serde_json::from_value::<CallToolResult>(value).map_err(|e| McpError::Upstream {
-                endpoint: endpoint.clone(),
-                why: format!("result is not a tool result: {e}"),
-            })?,
+            _ => {
+                serde_json::from_value::<CallToolResult>(value).map_err(|e| McpError::Upstream {
+                    endpoint: endpoint.clone(),
+                    why: format!("result is not a tool result: {e}"),
+                })?
+            }
         };
         if !notes.injection.is_empty() {
-            result
-                .content
-                .insert(0, Content::text(inspection::injection_notice(&notes.injection)));
+            result.content.insert(
+                0,
+                Content::text(inspection::injection_notice(&notes.injection)),
+            );
         }
         Ok(result)
     }

@@ -141,7 +141,11 @@ pub fn input_schema() -> serde_json::Map<String, Value> {
     }
 }
 
-fn build_headers(args: &HttpArgs, caller: &Caller, rules: &HttpRules) -> Result<HeaderMap, McpError> {
+fn build_headers(
+    args: &HttpArgs,
+    caller: &Caller,
+    rules: &HttpRules,
+) -> Result<HeaderMap, McpError> {
     let invalid = |why: String| McpError::InvalidArguments {
         tool: super::HTTP_REQUEST_TOOL.to_owned(),
         why,
@@ -151,7 +155,9 @@ fn build_headers(args: &HttpArgs, caller: &Caller, rules: &HttpRules) -> Result<
         let name = HeaderName::from_bytes(name.as_bytes())
             .map_err(|_| invalid(format!("invalid header name {name:?}")))?;
         if DROPPED.contains(&name.as_str())
-            || IDENTITY_PREFIXES.iter().any(|p| name.as_str().starts_with(p))
+            || IDENTITY_PREFIXES
+                .iter()
+                .any(|p| name.as_str().starts_with(p))
         {
             continue;
         }
@@ -192,10 +198,11 @@ pub async fn send(
     if rules.tls {
         return Err(McpError::TlsUnsupported { endpoint: name });
     }
-    let method = Method::from_bytes(args.method.as_bytes()).map_err(|_| McpError::InvalidArguments {
-        tool: super::HTTP_REQUEST_TOOL.to_owned(),
-        why: format!("invalid method {:?}", args.method),
-    })?;
+    let method =
+        Method::from_bytes(args.method.as_bytes()).map_err(|_| McpError::InvalidArguments {
+            tool: super::HTTP_REQUEST_TOOL.to_owned(),
+            why: format!("invalid method {:?}", args.method),
+        })?;
     let mut headers = build_headers(args, caller, rules)?;
     let host = HeaderValue::from_str(&pinned.target.to_string()).map_err(|_| McpError::Http {
         endpoint: name.clone(),
@@ -205,7 +212,9 @@ pub async fn send(
     let mut request = Request::builder()
         .method(method)
         .uri(args.target())
-        .body(Full::new(Bytes::from(args.body.clone().unwrap_or_default())))
+        .body(Full::new(Bytes::from(
+            args.body.clone().unwrap_or_default(),
+        )))
         .map_err(|e| McpError::InvalidArguments {
             tool: super::HTTP_REQUEST_TOOL.to_owned(),
             why: e.to_string(),
@@ -254,12 +263,13 @@ pub async fn send(
         driver.abort();
         Ok::<_, McpError>((parts, buf.freeze(), truncated))
     };
-    let (parts, body, truncated) = tokio::time::timeout(total, exchange)
-        .await
-        .map_err(|_| McpError::Timeout {
-            endpoint: name.clone(),
-            after: total,
-        })??;
+    let (parts, body, truncated) =
+        tokio::time::timeout(total, exchange)
+            .await
+            .map_err(|_| McpError::Timeout {
+                endpoint: name.clone(),
+                after: total,
+            })??;
 
     let mut out_headers = serde_json::Map::new();
     for (name, value) in &parts.headers {

@@ -20,12 +20,7 @@ fn secret_action(action: SecretsAction) -> inspect::SecretAction {
     }
 }
 
-fn record_findings(
-    record: &mut Record,
-    findings: &[Finding],
-    prefix: &str,
-    action: FindingAction,
-) {
+fn record_findings(record: &mut Record, findings: &[Finding], prefix: &str, action: FindingAction) {
     for f in findings {
         record.findings.push(AuditFinding::new(
             f.kind.code(),

@@ -116,9 +116,7 @@ impl RateLimiter {
                 tokens: f64::from(rate.count),
                 at: now,
             };
-            let bucket = buckets
-                .get(key)
-                .map_or(full, |b| b.refilled(*rate, now));
+            let bucket = buckets.get(key).map_or(full, |b| b.refilled(*rate, now));
             if bucket.tokens < 1.0 {
                 buckets.insert(key.clone(), bucket);
                 return Err(Limited {

@@ -26,7 +26,10 @@ async fn tools_and_identity_differ_per_caller() {
         ]
     );
     // delete_all matches tools_deny: hidden. The bot may not use `up`.
-    assert_eq!(bot_tools(&bot).await, ["http_request", "list_endpoints", "whoami"]);
+    assert_eq!(
+        bot_tools(&bot).await,
+        ["http_request", "list_endpoints", "whoami"]
+    );
 
     let who = call(&bot, "whoami", json!({})).await.expect("whoami");
     let who = as_json(&who)["structuredContent"].clone();
@@ -35,7 +38,9 @@ async fn tools_and_identity_differ_per_caller() {
     assert_eq!(who["user"], Value::Null);
     assert_eq!(who["endpoints"], json!(["web"]));
 
-    let listed = call(&alice, "list_endpoints", json!({})).await.expect("list");
+    let listed = call(&alice, "list_endpoints", json!({}))
+        .await
+        .expect("list");
     let listed = as_json(&listed)["structuredContent"]["endpoints"].clone();
     let names: Vec<&str> = listed
         .as_array()
@@ -52,14 +57,26 @@ async fn tools_and_identity_differ_per_caller() {
 
     let records = h.records().await;
     let kinds: Vec<Kind> = records.iter().map(|r| r.record.kind).collect();
-    assert_eq!(kinds.iter().filter(|k| **k == Kind::McpInitialize).count(), 2);
+    assert_eq!(
+        kinds.iter().filter(|k| **k == Kind::McpInitialize).count(),
+        2
+    );
     assert!(kinds.contains(&Kind::McpListTools));
     let whoami = records
         .iter()
         .find(|r| r.record.tool.as_deref() == Some("whoami"))
         .expect("whoami record");
-    assert_eq!(whoami.record.caller.as_ref().map(|c| c.node_id.as_str()), Some("n-bot"));
-    assert!(whoami.record.arg_digest.as_deref().is_some_and(|d| d.starts_with("sha256:")));
+    assert_eq!(
+        whoami.record.caller.as_ref().map(|c| c.node_id.as_str()),
+        Some("n-bot")
+    );
+    assert!(
+        whoami
+            .record
+            .arg_digest
+            .as_deref()
+            .is_some_and(|d| d.starts_with("sha256:"))
+    );
     assert_eq!(whoami.record.status.as_deref(), Some("ok"));
     h.finish().await;
 }
@@ -102,31 +119,48 @@ async fn http_request_reaches_the_pinned_backend_with_verified_identity() {
     assert_eq!(seen[0].headers["host"], format!("127.0.0.1:{}", h.web.port));
 
     // A redirect comes back as it is; nothing follows it.
-    let result = call(&alice, "http_request", json!({"endpoint": "web", "method": "GET", "path": "/api/redirect"}))
-        .await
-        .expect("call");
+    let result = call(
+        &alice,
+        "http_request",
+        json!({"endpoint": "web", "method": "GET", "path": "/api/redirect"}),
+    )
+    .await
+    .expect("call");
     let out = as_json(&result)["structuredContent"].clone();
     assert_eq!(out["status"], 302);
     assert_eq!(out["headers"]["location"], "http://elsewhere.invalid/");
     assert_eq!(h.web.seen().len(), 2);
 
     // Large bodies are cut at max_response_bytes and flagged.
-    let result = call(&alice, "http_request", json!({"endpoint": "web", "method": "GET", "path": "/api/big"}))
-        .await
-        .expect("call");
+    let result = call(
+        &alice,
+        "http_request",
+        json!({"endpoint": "web", "method": "GET", "path": "/api/big"}),
+    )
+    .await
+    .expect("call");
     let out = as_json(&result)["structuredContent"].clone();
     assert_eq!(out["truncated"], true);
     assert_eq!(out["body"].as_str().map(str::len), Some(1024));
 
-    let result = call(&alice, "http_request", json!({"endpoint": "web", "method": "GET", "path": "/api/binary"}))
-        .await
-        .expect("call");
-    assert_eq!(as_json(&result)["structuredContent"]["body_encoding"], "base64");
+    let result = call(
+        &alice,
+        "http_request",
+        json!({"endpoint": "web", "method": "GET", "path": "/api/binary"}),
+    )
+    .await
+    .expect("call");
+    assert_eq!(
+        as_json(&result)["structuredContent"]["body_encoding"],
+        "base64"
+    );
 
     let records = h.records().await;
     let record = records
         .iter()
-        .find(|r| r.record.kind == Kind::McpToolCall && r.record.tool.as_deref() == Some("http_request"))
+        .find(|r| {
+            r.record.kind == Kind::McpToolCall && r.record.tool.as_deref() == Some("http_request")
+        })
         .expect("record");
     assert_eq!(record.record.endpoint.as_deref(), Some("web"));
     assert_eq!(record.record.method.as_deref(), Some("GET"));
@@ -142,18 +176,45 @@ async fn denied_requests_never_reach_the_backend() {
     let alice = client(h.alice).await;
     let bot = client(h.bot).await;
     let cases = [
-        (&alice, json!({"endpoint": "web", "method": "DELETE", "path": "/api/items"}), "method_not_allowed"),
-        (&alice, json!({"endpoint": "web", "method": "GET", "path": "/admin"}), "path_not_allowed"),
-        (&alice, json!({"endpoint": "web", "method": "GET", "path": "/api/../admin"}), "malformed_path"),
-        (&bot, json!({"endpoint": "vault", "method": "POST", "path": "/x"}), "not_in_allow_list"),
-        (&alice, json!({"endpoint": "nope", "method": "GET", "path": "/"}), "unknown_endpoint"),
-        (&alice, json!({"endpoint": "up", "method": "GET", "path": "/"}), "wrong_kind"),
+        (
+            &alice,
+            json!({"endpoint": "web", "method": "DELETE", "path": "/api/items"}),
+            "method_not_allowed",
+        ),
+        (
+            &alice,
+            json!({"endpoint": "web", "method": "GET", "path": "/admin"}),
+            "path_not_allowed",
+        ),
+        (
+            &alice,
+            json!({"endpoint": "web", "method": "GET", "path": "/api/../admin"}),
+            "malformed_path",
+        ),
+        (
+            &bot,
+            json!({"endpoint": "vault", "method": "POST", "path": "/x"}),
+            "not_in_allow_list",
+        ),
+        (
+            &alice,
+            json!({"endpoint": "nope", "method": "GET", "path": "/"}),
+            "unknown_endpoint",
+        ),
+        (
+            &alice,
+            json!({"endpoint": "up", "method": "GET", "path": "/"}),
+            "wrong_kind",
+        ),
     ];
     for (who, args, code) in cases {
         let result = call(who, "http_request", args.clone()).await.expect("call");
         assert_eq!(result.is_error, Some(true), "{args}");
         let text = first_text(&result);
-        assert!(text.starts_with("denied: ") && text.contains(code), "{args}: {text}");
+        assert!(
+            text.starts_with("denied: ") && text.contains(code),
+            "{args}: {text}"
+        );
     }
     assert!(h.web.seen().is_empty());
     assert!(h.vault.seen().is_empty());
@@ -177,16 +238,24 @@ async fn secrets_in_arguments_are_redacted_or_blocked_and_never_logged() {
     let token = fake_token();
     let body = format!("deploy with {token}");
 
-    let result = call(&alice, "http_request", json!({"endpoint": "web", "method": "POST", "path": "/api/deploy", "body": body}))
-        .await
-        .expect("call");
+    let result = call(
+        &alice,
+        "http_request",
+        json!({"endpoint": "web", "method": "POST", "path": "/api/deploy", "body": body}),
+    )
+    .await
+    .expect("call");
     assert_ne!(result.is_error, Some(true), "{}", first_text(&result));
     let seen = h.web.seen();
     assert_eq!(seen[0].body, "deploy with [REDACTED:github_token]");
 
-    let result = call(&alice, "http_request", json!({"endpoint": "vault", "method": "POST", "path": "/store", "body": body}))
-        .await
-        .expect("call");
+    let result = call(
+        &alice,
+        "http_request",
+        json!({"endpoint": "vault", "method": "POST", "path": "/store", "body": body}),
+    )
+    .await
+    .expect("call");
     assert_eq!(result.is_error, Some(true));
     let text = first_text(&result);
     assert!(
@@ -228,7 +297,10 @@ async fn rate_limits_refuse_with_a_tool_error_and_an_audit_record() {
     let r = call(&bot, "whoami", json!({})).await.expect("call");
     assert_eq!(r.is_error, Some(true));
     let text = first_text(&r);
-    assert!(text.starts_with("rate limited: per_tool limit 3/h exceeded"), "{text}");
+    assert!(
+        text.starts_with("rate limited: per_tool limit 3/h exceeded"),
+        "{text}"
+    );
     // Another tool still has per-caller tokens left (2 of 5).
     for _ in 0..2 {
         let r = call(&bot, "list_endpoints", json!({})).await.expect("call");
@@ -238,7 +310,13 @@ async fn rate_limits_refuse_with_a_tool_error_and_an_audit_record() {
     assert!(first_text(&r).starts_with("rate limited: per_caller limit 5/h"));
     // Another caller is not affected.
     let alice = client(h.alice).await;
-    assert_ne!(call(&alice, "whoami", json!({})).await.expect("call").is_error, Some(true));
+    assert_ne!(
+        call(&alice, "whoami", json!({}))
+            .await
+            .expect("call")
+            .is_error,
+        Some(true)
+    );
 
     let records = h.records().await;
     let limited: Vec<_> = records
@@ -247,6 +325,9 @@ async fn rate_limits_refuse_with_a_tool_error_and_an_audit_record() {
         .collect();
     assert_eq!(limited.len(), 2);
     assert_eq!(limited[0].record.tool.as_deref(), Some("whoami"));
-    assert_eq!(limited[0].record.detail.as_deref(), Some("per_tool limit 3/h"));
+    assert_eq!(
+        limited[0].record.detail.as_deref(),
+        Some("per_tool limit 3/h")
+    );
     h.finish().await;
 }

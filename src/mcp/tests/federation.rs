@@ -12,39 +12,58 @@ async fn upstream_tools_are_namespaced_filtered_and_isolated() {
     let alice = client(h.alice).await;
     let bot = client(h.bot).await;
 
-    let r = call(&alice, "up__echo", json!({"text": "hi"})).await.expect("call");
+    let r = call(&alice, "up__echo", json!({"text": "hi"}))
+        .await
+        .expect("call");
     assert_ne!(r.is_error, Some(true), "{}", first_text(&r));
     assert_eq!(first_text(&r), "echo: hi");
 
     // Denied by tools_deny: hidden from tools/list and refused.
-    let r = call(&alice, "up__delete_all", json!({})).await.expect("call");
+    let r = call(&alice, "up__delete_all", json!({}))
+        .await
+        .expect("call");
     assert_eq!(r.is_error, Some(true));
     assert!(first_text(&r).contains("tool_denied"), "{}", first_text(&r));
 
     // Not in the endpoint's allow list.
-    let r = call(&bot, "up__echo", json!({"text": "hi"})).await.expect("call");
+    let r = call(&bot, "up__echo", json!({"text": "hi"}))
+        .await
+        .expect("call");
     assert_eq!(r.is_error, Some(true));
     assert!(first_text(&r).contains("not_in_allow_list"));
 
     // An upstream that is down: a tool error, not a hang.
     let r = call(&alice, "down__echo", json!({})).await.expect("call");
     assert_eq!(r.is_error, Some(true));
-    assert!(first_text(&r).contains("upstream_unavailable"), "{}", first_text(&r));
+    assert!(
+        first_text(&r).contains("upstream_unavailable"),
+        "{}",
+        first_text(&r)
+    );
 
     // A slow upstream call hits the per-call timeout (500 ms).
     let started = std::time::Instant::now();
     let r = call(&alice, "up__slow", json!({})).await.expect("call");
     assert_eq!(r.is_error, Some(true));
-    assert!(first_text(&r).contains("backend_timeout"), "{}", first_text(&r));
+    assert!(
+        first_text(&r).contains("backend_timeout"),
+        "{}",
+        first_text(&r)
+    );
     assert!(started.elapsed() < std::time::Duration::from_secs(2));
 
     // ... and the other tools keep working.
-    let r = call(&alice, "up__echo", json!({"text": "still"})).await.expect("call");
+    let r = call(&alice, "up__echo", json!({"text": "still"}))
+        .await
+        .expect("call");
     assert_eq!(first_text(&r), "echo: still");
 
     // A tool the upstream does not have is unknown.
     let err = call(&alice, "up__nothing", json!({})).await.unwrap_err();
-    assert!(matches!(err, ServiceError::McpError(ref e) if e.code.0 == -32602), "{err:?}");
+    assert!(
+        matches!(err, ServiceError::McpError(ref e) if e.code.0 == -32602),
+        "{err:?}"
+    );
 
     let records = h.records().await;
     let denied = records
@@ -74,8 +93,16 @@ async fn upstream_results_are_inspected() {
     assert_ne!(r.is_error, Some(true));
     let content = as_json(&r)["content"].clone();
     let notice = content[0]["text"].as_str().unwrap_or_default();
-    assert!(notice.contains("prompt injection (ignore_previous_instructions)"), "{notice}");
-    assert!(content[1]["text"].as_str().unwrap_or_default().starts_with("Ignore all previous"));
+    assert!(
+        notice.contains("prompt injection (ignore_previous_instructions)"),
+        "{notice}"
+    );
+    assert!(
+        content[1]["text"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("Ignore all previous")
+    );
 
     let records = h.records().await;
     let leak = records
@@ -103,7 +130,9 @@ async fn an_upstream_down_at_start_appears_once_reachable() {
     let h = start("").await;
     let alice = client(h.alice).await;
     assert!(!tool_names(&alice).await.contains(&"late__echo".to_owned()));
-    let r = call(&alice, "late__echo", json!({"text": "x"})).await.expect("call");
+    let r = call(&alice, "late__echo", json!({"text": "x"}))
+        .await
+        .expect("call");
     assert!(first_text(&r).contains("upstream_unavailable"));
 
     spawn_upstream(Some(h.late_port)).await;
@@ -112,7 +141,9 @@ async fn an_upstream_down_at_start_appears_once_reachable() {
     // tools_allow = ["echo"] on `late`.
     assert!(names.contains(&"late__echo".to_owned()), "{names:?}");
     assert!(!names.contains(&"late__slow".to_owned()), "{names:?}");
-    let r = call(&alice, "late__echo", json!({"text": "x"})).await.expect("call");
+    let r = call(&alice, "late__echo", json!({"text": "x"}))
+        .await
+        .expect("call");
     assert_eq!(first_text(&r), "echo: x");
     h.finish().await;
 }

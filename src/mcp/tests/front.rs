@@ -15,7 +15,14 @@ fn error_of(body: &str) -> Value {
 async fn bad_requests_get_clear_errors() {
     let h = start("").await;
 
-    let (status, _, body) = raw(h.alice, "POST", "/mcp", &[], b"{\"jsonrpc\": \"2.0\", ".to_vec()).await;
+    let (status, _, body) = raw(
+        h.alice,
+        "POST",
+        "/mcp",
+        &[],
+        b"{\"jsonrpc\": \"2.0\", ".to_vec(),
+    )
+    .await;
     assert_eq!(status, 400);
     assert_eq!(error_of(&body)["code"], -32700);
 
@@ -24,19 +31,34 @@ async fn bad_requests_get_clear_errors() {
     assert_eq!(status, 413);
     let error = error_of(&body);
     assert_eq!(error["code"], -32600);
-    assert_eq!(error["message"], "request body exceeds the limit of 4096 bytes");
+    assert_eq!(
+        error["message"],
+        "request body exceeds the limit of 4096 bytes"
+    );
 
     let (status, _, _) = raw(h.alice, "POST", "/other", &[], initialize_body()).await;
     assert_eq!(status, 404);
     let (status, _, _) = raw(h.alice, "GET", "/metrics", &[], Vec::new()).await;
     assert_eq!(status, 404);
 
-    let (status, _, body) =
-        raw(h.alice, "POST", "/mcp", &[("host", "evil.example")], initialize_body()).await;
+    let (status, _, body) = raw(
+        h.alice,
+        "POST",
+        "/mcp",
+        &[("host", "evil.example")],
+        initialize_body(),
+    )
+    .await;
     assert_eq!(status, 403);
     assert_eq!(error_of(&body)["data"]["reason"], "host_not_allowed");
-    let (status, _, _) =
-        raw(h.alice, "POST", "/mcp", &[("host", "mcp.tail.example")], initialize_body()).await;
+    let (status, _, _) = raw(
+        h.alice,
+        "POST",
+        "/mcp",
+        &[("host", "mcp.tail.example")],
+        initialize_body(),
+    )
+    .await;
     assert_eq!(status, 200);
 
     // Unknown tool: a JSON-RPC invalid-params error.
@@ -49,8 +71,13 @@ async fn bad_requests_get_clear_errors() {
         }
         other => panic!("unexpected {other:?}"),
     }
-    let err = call(&alice, "http_request", json!({"endpoint": "web"})).await.unwrap_err();
-    assert!(matches!(err, ServiceError::McpError(ref e) if e.code.0 == -32602), "{err:?}");
+    let err = call(&alice, "http_request", json!({"endpoint": "web"}))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ServiceError::McpError(ref e) if e.code.0 == -32602),
+        "{err:?}"
+    );
     h.finish().await;
 }
 
@@ -94,14 +121,35 @@ async fn a_session_is_bound_to_the_caller_that_created_it() {
         ("mcp-protocol-version", "2025-06-18"),
     ];
 
-    let (status, _, _) = raw(h.alice, "POST", "/mcp", &with_session, initialized.into_bytes()).await;
+    let (status, _, _) = raw(
+        h.alice,
+        "POST",
+        "/mcp",
+        &with_session,
+        initialized.into_bytes(),
+    )
+    .await;
     assert_eq!(status, 202);
-    let (status, _, body) = raw(h.alice, "POST", "/mcp", &with_session, list.clone().into_bytes()).await;
+    let (status, _, body) = raw(
+        h.alice,
+        "POST",
+        "/mcp",
+        &with_session,
+        list.clone().into_bytes(),
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("up__echo"), "{body}");
 
     // The same session from another caller's connection does not exist.
-    let (status, _, body) = raw(h.bot, "POST", "/mcp", &with_session, list.clone().into_bytes()).await;
+    let (status, _, body) = raw(
+        h.bot,
+        "POST",
+        "/mcp",
+        &with_session,
+        list.clone().into_bytes(),
+    )
+    .await;
     assert_eq!(status, 404);
     assert_eq!(error_of(&body)["code"], -32002);
     let (status, _, _) = raw(h.bot, "DELETE", "/mcp", &with_session, Vec::new()).await;

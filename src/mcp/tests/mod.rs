@@ -204,7 +204,10 @@ impl Harness {
             }
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
-        panic!("upstream {endpoint} never connected: {:?}", self.state.upstream_status());
+        panic!(
+            "upstream {endpoint} never connected: {:?}",
+            self.state.upstream_status()
+        );
     }
 
     /// Every record written so far, in chain order.

@@ -21,6 +21,9 @@
 //! Pieces that wire them together:
 //!
 //! - [`review`]: the security-review report and diff of an endpoint file.
+//! - [`mcp`]: the governed MCP endpoint (rmcp over hyper): built-in tools,
+//!   `http_request`, federation of upstream MCP servers, per-caller
+//!   filtering, inspection, rate limits and audit of every call.
 //! - [`devices`]: one virtual device per endpoint: accept, identify,
 //!   authorize, proxy.
 //! - `main.rs`: the CLI; one function per subcommand.
@@ -47,6 +50,7 @@ pub mod backend;
 pub mod config;
 pub mod identity;
 pub mod inspect;
+pub mod mcp;
 pub mod policy;
 pub mod review;
 pub mod tailnet;

@@ -1,7 +1,9 @@
 //! Shared harness for integration tests: a real local tailnet on loopback.
 #![allow(dead_code)]
 
+pub mod connector;
 pub mod headscale;
+pub mod postgres;
 pub mod tailscaled;
 pub mod tools;
 

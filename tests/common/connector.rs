@@ -1,0 +1,124 @@
+//! The `portcullis` binary as a user runs it: `portcullis run FILE`, on the
+//! test tailnet, with its stderr kept for assertions.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::headscale::CLIENT_KNOBS;
+
+/// A running connector process; killed on drop if still running.
+pub struct Connector {
+    child: Option<Child>,
+    log: PathBuf,
+    /// The audit store URL it writes to.
+    pub audit_url: String,
+}
+
+/// The built binary.
+pub fn binary() -> PathBuf {
+    if let Some(path) = option_env!("CARGO_BIN_EXE_portcullis") {
+        return PathBuf::from(path);
+    }
+    // Examples have no CARGO_BIN_EXE_*: the binary sits one level up
+    // (target/<profile>/examples/demo -> target/<profile>/portcullis).
+    let exe = std::env::current_exe().expect("current exe");
+    exe.parent().and_then(Path::parent).map(|d| d.join("portcullis")).expect("target dir")
+}
+
+impl Connector {
+    /// Starts `portcullis run <config>` with the auth key in
+    /// `PORTCULLIS_AUTH_KEY` and waits until it serves.
+    pub fn start(config: &Path, auth_key: &str, audit_url: &str) -> Connector {
+        let log = config.with_extension("log");
+        let out = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(binary())
+            .arg("run")
+            .arg(config)
+            .arg("--audit")
+            .arg(audit_url)
+            .arg("--connector")
+            .arg("test-connector")
+            .env("PORTCULLIS_AUTH_KEY", auth_key)
+            // The embedded Go runtime reads these at load.
+            .envs(CLIENT_KNOBS.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("dup"))
+            .stderr(out)
+            .spawn()
+            .expect("spawn portcullis run");
+        let mut c = Connector { child: Some(child), log, audit_url: audit_url.to_string() };
+        c.wait_for("serving ", Duration::from_secs(120));
+        c
+    }
+
+    /// Waits until the output contains `needle`; panics with the output if
+    /// the process exits or the deadline passes.
+    pub fn wait_for(&mut self, needle: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.output().contains(needle) {
+                return;
+            }
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                panic!("portcullis exited ({status}) before {needle:?}:\n{}", self.output());
+            }
+            assert!(Instant::now() < deadline, "no {needle:?} within {timeout:?}:\n{}", self.output());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Process ID of the running connector.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).expect("running")
+    }
+
+    /// Everything the process printed so far.
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends a signal.
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        if let Some(child) = &self.child {
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            nix::sys::signal::kill(pid, sig).expect("kill");
+        }
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        self.wait(Duration::from_secs(60))
+    }
+
+    /// Waits for the process to exit.
+    pub fn wait(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        let child = self.child.as_mut().expect("running");
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                self.child = None;
+                return status;
+            }
+            assert!(Instant::now() < deadline, "portcullis did not exit:\n{}", self.output());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Connector {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Runs the binary to completion (e.g. `audit verify`).
+pub fn run(args: &[&str]) -> std::process::Output {
+    Command::new(binary()).args(args).output().expect("run portcullis")
+}

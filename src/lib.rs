@@ -45,6 +45,7 @@
 pub mod audit;
 pub mod backend;
 pub mod config;
+pub mod devices;
 pub mod identity;
 pub mod inspect;
 pub mod policy;

@@ -32,6 +32,13 @@ mod ctx;
 mod http;
 mod tcp;
 
+#[cfg(test)]
+mod http_tests;
+#[cfg(test)]
+mod tcp_tests;
+#[cfg(test)]
+mod test_support;
+
 
 use std::future::Future;
 use std::pin::Pin;

@@ -71,12 +71,13 @@ impl Plan {
                     what: "http.tls = true (TLS to the target)",
                 });
             }
-            let pinned = backend::pin(&endpoint.target)
-                .await
-                .map_err(|source| DeviceError::Backend {
-                    endpoint: endpoint.name.clone(),
-                    source,
-                })?;
+            let pinned =
+                backend::pin(&endpoint.target)
+                    .await
+                    .map_err(|cause| DeviceError::Backend {
+                        endpoint: endpoint.name.clone(),
+                        cause,
+                    })?;
             tracing::info!(endpoint = %endpoint.name, target = %endpoint.target, addrs = ?pinned.addrs, "target pinned");
             devices.push((endpoint.clone(), pinned));
         }
@@ -273,7 +274,7 @@ impl Connector {
                 Ok((_, Err(e))) => e,
                 Err(join) => DeviceError::Start {
                     hostname: "(unknown)".to_owned(),
-                    source: TailnetError::Worker {
+                    cause: TailnetError::Worker {
                         hostname: String::new(),
                         op: "start".to_owned(),
                         message: join.to_string(),
@@ -292,8 +293,13 @@ impl Connector {
                 continue;
             };
             let info = info_of(&endpoint, &node);
-            let ctx = DeviceCtx::new(endpoint, pinned, Arc::clone(&policy), connector.audit.clone())
-                .with_phase(connector.phase.subscribe());
+            let ctx = DeviceCtx::new(
+                endpoint,
+                pinned,
+                Arc::clone(&policy),
+                connector.audit.clone(),
+            )
+            .with_phase(connector.phase.subscribe());
             let handler = match info.kind {
                 DeviceKind::Http => Handler::Http(ctx),
                 _ => Handler::Tcp(ctx),
@@ -402,9 +408,9 @@ impl Connector {
             .up_timeout(self.options.up_timeout);
         let hostname = hostname.to_owned();
         async move {
-            let fail = |source| DeviceError::Start {
+            let fail = |cause| DeviceError::Start {
                 hostname: hostname.clone(),
-                source,
+                cause,
             };
             let node = builder.start().await.map_err(fail)?;
             let mut listeners = Vec::with_capacity(ports.len());
@@ -427,7 +433,8 @@ impl Connector {
         });
         let limit = Arc::new(Semaphore::new(self.options.max_connections.max(1)));
         for listener in listeners {
-            let span = tracing::info_span!("device", device = %info.hostname, port = listener.port());
+            let span =
+                tracing::info_span!("device", device = %info.hostname, port = listener.port());
             self.accepting.spawn(
                 accept_loop(
                     listener,
@@ -503,7 +510,10 @@ async fn accept_loop(
         let in_flight = in_flight.clone();
         let active = Arc::clone(&active);
         active.fetch_add(1, Ordering::Relaxed);
+        // A root span: the connection outlives nothing of the accept loop,
+        // and repeating the loop's fields on every line is noise.
         let span = tracing::info_span!(
+            parent: None,
             "conn",
             device = %device.hostname,
             %peer,
@@ -526,10 +536,10 @@ async fn accept_loop(
 async fn connection(device: &Device, stream: UnixStream, peer: SocketAddr, port: u16) {
     let caller = match device.node.whois(peer).await {
         Ok(caller) => caller,
-        Err(source) => {
+        Err(cause) => {
             let err = DeviceError::UnknownCaller {
                 hostname: device.hostname.clone(),
-                source,
+                cause,
             };
             tracing::info!(reason = err.code(), "refused: {err}");
             let mut record = Record::new(RecordKind::ConnectionDenied)

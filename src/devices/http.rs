@@ -15,8 +15,8 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Mutex;
 
-use super::ctx::{Counted, Counters, DeviceCtx, Phase, mark_denied, set_reason};
 use super::DeviceError;
+use super::ctx::{Counted, Counters, DeviceCtx, Phase, mark_denied, set_reason};
 use crate::audit::{AuditGuard, Record};
 use crate::identity::Caller;
 use crate::policy::{Action, Decision};
@@ -68,7 +68,11 @@ where
         ctx.record_open(&caller, port, &decision);
         None
     } else {
-        tracing::info!(reason = decision.reason.code(), "denied: {}", decision.reason);
+        tracing::info!(
+            reason = decision.reason.code(),
+            "denied: {}",
+            decision.reason
+        );
         mark_denied(&mut guard, &decision);
         Some(decision)
     };
@@ -108,8 +112,8 @@ where
                 guard.status = Some("ok".to_owned());
             }
         }
-        Some(Err(source)) => {
-            let err = DeviceError::CallerHttp { source };
+        Some(Err(cause)) => {
+            let err = DeviceError::CallerHttp { cause };
             err.log();
             if guard.status.is_none() {
                 guard.status = Some("error".to_owned());
@@ -243,10 +247,10 @@ impl Proxy<'_> {
                 *slot = Some(sender);
                 response
             }
-            Ok(Err(source)) => {
+            Ok(Err(cause)) => {
                 return Err(DeviceError::BackendHttp {
                     endpoint: ctx.endpoint.name.clone(),
-                    source,
+                    cause,
                 });
             }
             Err(_elapsed) => {
@@ -268,15 +272,15 @@ impl Proxy<'_> {
             .backend
             .connect(ctx.connect_timeout())
             .await
-            .map_err(|source| DeviceError::Backend {
+            .map_err(|cause| DeviceError::Backend {
                 endpoint: ctx.endpoint.name.clone(),
-                source,
+                cause,
             })?;
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
-            .map_err(|source| DeviceError::BackendHttp {
+            .map_err(|cause| DeviceError::BackendHttp {
                 endpoint: ctx.endpoint.name.clone(),
-                source,
+                cause,
             })?;
         // The connection task ends when the sender is dropped with the
         // caller's connection, or when the backend closes.

@@ -41,7 +41,10 @@ fn alice() -> Caller {
 }
 
 /// A client connection to a device serving `caller`.
-async fn connect(ctx: &Arc<DeviceCtx>, caller: Caller) -> (SendRequest<Full<Bytes>>, JoinHandle<()>) {
+async fn connect(
+    ctx: &Arc<DeviceCtx>,
+    caller: Caller,
+) -> (SendRequest<Full<Bytes>>, JoinHandle<()>) {
     let (client_io, server_io) = tokio::io::duplex(64 * 1024);
     let ctx = Arc::clone(ctx);
     let served = tokio::spawn(async move { serve_http(&ctx, server_io, caller, 80).await });

@@ -39,7 +39,6 @@ mod tcp_tests;
 #[cfg(test)]
 mod test_support;
 
-
 use std::future::Future;
 use std::pin::Pin;
 
@@ -77,23 +76,27 @@ pub enum Fault {
 }
 
 /// What can go wrong on a device's data path or while starting devices.
+///
+/// Each message already includes the underlying error's text (audit details
+/// are built from `to_string()`), so the wrapped error is kept as a plain
+/// field, not as `source()`: a `{:#}` chain would print it twice.
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {
     /// The backend could not be reached (or its name resolved).
-    #[error("endpoint {endpoint}: {source}")]
+    #[error("endpoint {endpoint}: {cause}")]
     Backend {
         /// Endpoint name.
         endpoint: String,
         /// What the backend layer saw.
-        source: BackendError,
+        cause: BackendError,
     },
     /// The backend broke the HTTP exchange.
-    #[error("endpoint {endpoint}: backend HTTP error: {source}")]
+    #[error("endpoint {endpoint}: backend HTTP error: {cause}")]
     BackendHttp {
         /// Endpoint name.
         endpoint: String,
         /// The client-side protocol failure.
-        source: hyper::Error,
+        cause: hyper::Error,
     },
     /// The backend did not answer within the endpoint's request timeout.
     #[error("endpoint {endpoint}: no response within {after_ms} ms")]
@@ -104,20 +107,20 @@ pub enum DeviceError {
         after_ms: u64,
     },
     /// WhoIs could not name the peer; the connection is refused.
-    #[error("device {hostname}: unknown caller: {source}")]
+    #[error("device {hostname}: unknown caller: {cause}")]
     UnknownCaller {
         /// Device hostname.
         hostname: String,
         /// The WhoIs failure.
-        source: TailnetError,
+        cause: TailnetError,
     },
     /// A device's node did not start or could not listen.
-    #[error("device {hostname} did not start: {source}")]
+    #[error("device {hostname} did not start: {cause}")]
     Start {
         /// Device hostname.
         hostname: String,
         /// The tailnet failure.
-        source: TailnetError,
+        cause: TailnetError,
     },
     /// The endpoint asks for something this connector cannot do yet.
     #[error("endpoint {endpoint}: {what} is not supported by this connector")]
@@ -134,16 +137,16 @@ pub enum DeviceError {
         hostname: String,
     },
     /// The connection to the caller failed mid-stream.
-    #[error("caller connection: {source}")]
+    #[error("caller connection: {cause}")]
     CallerIo {
         /// The I/O failure.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The caller's HTTP connection failed (malformed request, reset, ...).
-    #[error("caller HTTP connection: {source}")]
+    #[error("caller HTTP connection: {cause}")]
     CallerHttp {
         /// The server-side protocol failure.
-        source: hyper::Error,
+        cause: hyper::Error,
     },
 }
 
@@ -151,7 +154,7 @@ impl DeviceError {
     /// Stable reason code for audit and metrics.
     pub fn code(&self) -> &'static str {
         match self {
-            DeviceError::Backend { source, .. } => source.code(),
+            DeviceError::Backend { cause, .. } => cause.code(),
             DeviceError::BackendHttp { .. } => "backend_protocol_error",
             DeviceError::BackendTimeout { .. } => "backend_timeout",
             DeviceError::UnknownCaller { .. } => "unknown_caller",

@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::ctx::{Counted, Counters, DeviceCtx, Phase, is_hangup, mark_denied, set_reason};
 use super::DeviceError;
+use super::ctx::{Counted, Counters, DeviceCtx, Phase, is_hangup, mark_denied, set_reason};
 use crate::identity::Caller;
 use crate::policy::Action;
 
@@ -28,7 +28,11 @@ where
     };
     let decision = ctx.decide(&caller, &action);
     if !decision.permit {
-        tracing::info!(reason = decision.reason.code(), "denied: {}", decision.reason);
+        tracing::info!(
+            reason = decision.reason.code(),
+            "denied: {}",
+            decision.reason
+        );
         mark_denied(&mut guard, &decision);
         return;
     }
@@ -38,10 +42,10 @@ where
     // Backend: the pinned target only, within the endpoint's connect timeout.
     let mut backend = match ctx.backend.connect(ctx.connect_timeout()).await {
         Ok(stream) => stream,
-        Err(source) => {
+        Err(cause) => {
             let err = DeviceError::Backend {
                 endpoint: ctx.endpoint.name.clone(),
-                source,
+                cause,
             };
             err.log();
             guard.status = Some("error".to_owned());
@@ -68,8 +72,8 @@ where
             tracing::debug!("closed by a peer: {e}");
             guard.status = Some("ok".to_owned());
         }
-        Some(Err(source)) => {
-            let err = DeviceError::CallerIo { source };
+        Some(Err(cause)) => {
+            let err = DeviceError::CallerIo { cause };
             err.log();
             guard.status = Some("error".to_owned());
             guard.detail = Some(err.to_string());

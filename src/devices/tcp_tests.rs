@@ -120,9 +120,7 @@ async fn drain_deadline_cuts_an_open_connection_and_still_records_it() {
     let backend = echo_backend().await;
     let h = Harness::new(tcp_config(backend.addr)).await;
     let (phase, phase_rx) = tokio::sync::watch::channel(Phase::Running);
-    let ctx = Arc::new(
-        Arc::unwrap_or_clone(h.ctx("db").await).with_phase(phase_rx),
-    );
+    let ctx = Arc::new(Arc::unwrap_or_clone(h.ctx("db").await).with_phase(phase_rx));
     let (mut client, server) = tokio::io::duplex(1024);
     let served = tokio::spawn({
         let ctx = Arc::clone(&ctx);

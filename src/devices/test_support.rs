@@ -101,26 +101,27 @@ pub async fn http_backend() -> Backend {
         while let Ok((stream, _)) = listener.accept().await {
             count.fetch_add(1, Ordering::SeqCst);
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(|req: http::Request<Incoming>| async move {
-                    if req.uri().path().starts_with("/slow") {
-                        tokio::time::sleep(std::time::Duration::from_secs(5)).await;
-                    }
-                    let headers: BTreeMap<String, String> = req
-                        .headers()
-                        .iter()
-                        .map(|(k, v)| {
-                            (k.as_str().to_owned(), v.to_str().unwrap_or("?").to_owned())
-                        })
-                        .collect();
-                    let body = serde_json::json!({
-                        "method": req.method().as_str(),
-                        "path": req.uri().to_string(),
-                        "headers": headers,
+                let service =
+                    hyper::service::service_fn(|req: http::Request<Incoming>| async move {
+                        if req.uri().path().starts_with("/slow") {
+                            tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                        }
+                        let headers: BTreeMap<String, String> = req
+                            .headers()
+                            .iter()
+                            .map(|(k, v)| {
+                                (k.as_str().to_owned(), v.to_str().unwrap_or("?").to_owned())
+                            })
+                            .collect();
+                        let body = serde_json::json!({
+                            "method": req.method().as_str(),
+                            "path": req.uri().to_string(),
+                            "headers": headers,
+                        });
+                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                            Bytes::from(body.to_string()),
+                        )))
                     });
-                    Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from(
-                        body.to_string(),
-                    ))))
-                });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service)
                     .await;

@@ -1,0 +1,225 @@
+//! `portcullis run`: start every device of an endpoint file and serve until
+//! SIGTERM or SIGINT.
+//!
+//! Order matters: the file is validated, targets are pinned and the start-up
+//! record (with the pinned addresses) is written *before* any node joins the
+//! tailnet, so the audit log says what was exposed before it was.
+//!
+//! # Tailscale knobs
+//!
+//! The embedded Go runtime copies the process environment when it loads, so
+//! `TS_*` variables set in the environment before the process starts reach
+//! every node. `PORTCULLIS_TS_KNOBS` (e.g.
+//! `TS_DEBUG_USE_DERP_HTTP=1,TS_DISABLE_PORTMAPPER=1`) sets knobs from inside
+//! the process instead, through [`tailnet::set_knob`], before any node
+//! starts; it is meant for local and test tailnets.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use portcullis::audit::{AuditLog, Record, WriterTask};
+use portcullis::config::{self, Config};
+use portcullis::devices::{self, Connector, Options, Plan};
+use portcullis::policy::Policy;
+use portcullis::tailnet;
+
+/// Environment variable with comma-separated `NAME=VALUE` tailnet knobs.
+const KNOBS_ENV: &str = "PORTCULLIS_TS_KNOBS";
+/// Audit records buffered between the data path and the writer.
+const AUDIT_QUEUE: usize = 65_536;
+
+/// Arguments of `portcullis run`.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Endpoint file
+    pub config: PathBuf,
+    /// Audit store URL (default sqlite://<state_dir>/audit.db)
+    #[arg(long)]
+    pub audit: Option<String>,
+    /// Connector name in the audit log (default: hostname)
+    #[arg(long)]
+    pub connector: Option<String>,
+    /// Seconds to drain on SIGTERM
+    #[arg(long, default_value_t = 10)]
+    pub drain_timeout: u64,
+}
+
+/// Runs the connector until a stop signal; exit code 2 for an invalid
+/// endpoint file, 0 after an orderly stop with every record written.
+pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let config = match config::load(&args.config) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    apply_knobs(std::env::var(KNOBS_ENV).ok().as_deref())?;
+    let auth_key = config
+        .tailnet
+        .auth_key()
+        .context("reading the tailnet auth key")?;
+
+    let plan = Plan::prepare(&config).await.context("preparing devices")?;
+    let (audit, writer) = open_audit(&args, &config).await?;
+    audit.record(startup_record(&config, &plan));
+
+    let options = Options {
+        progress: true,
+        ..Options::default()
+    };
+    let policy = devices::shared_policy(Policy::from_config(&config));
+    let connector = match Connector::start(plan, &auth_key, policy, audit.clone(), options).await {
+        Ok(connector) => connector,
+        Err(e) => {
+            // The start-up record is already written; end the chain cleanly.
+            let flushed = audit.shutdown().await;
+            let _ = writer.await;
+            flushed.context("flushing the audit log")?;
+            return Err(e).context("starting devices");
+        }
+    };
+    eprintln!(
+        "serving {} ({}), fingerprint {}; stop with SIGTERM or Ctrl-C",
+        config.file_name,
+        audit.connector(),
+        config.fingerprint
+    );
+
+    serve_until_stopped(
+        connector,
+        audit,
+        writer,
+        Duration::from_secs(args.drain_timeout),
+    )
+    .await
+}
+
+/// Waits for a stop signal (or a failed audit writer), then drains and
+/// flushes.
+async fn serve_until_stopped(
+    connector: Connector,
+    audit: AuditLog,
+    mut writer: WriterTask,
+    drain: Duration,
+) -> anyhow::Result<ExitCode> {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        _ = terminate.recv() => eprintln!("SIGTERM: stopping"),
+        _ = tokio::signal::ctrl_c() => eprintln!("SIGINT: stopping"),
+        ended = &mut writer => {
+            // Serving without an audit trail is not allowed: stop at once.
+            connector.shutdown(Duration::ZERO).await;
+            return match ended {
+                Ok(Ok(())) => Err(anyhow::anyhow!("the audit writer stopped unexpectedly")),
+                Ok(Err(e)) => Err(e).context("audit writer failed; devices stopped"),
+                Err(e) => Err(e).context("audit writer panicked; devices stopped"),
+            };
+        }
+    }
+    eprintln!("draining connections for up to {}s", drain.as_secs());
+    let report = connector.shutdown(drain).await;
+    if report.cut > 0 {
+        eprintln!("{} connections cut at the drain deadline", report.cut);
+    }
+    audit.shutdown().await.context("flushing the audit log")?;
+    writer
+        .await
+        .context("audit writer panicked")?
+        .context("audit writer")?;
+    eprintln!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Opens the audit log named by `--audit`, or the default SQLite file under
+/// the state dir.
+async fn open_audit(args: &RunArgs, config: &Config) -> anyhow::Result<(AuditLog, WriterTask)> {
+    let url = match &args.audit {
+        Some(url) => url.clone(),
+        None => {
+            let dir = &config.tailnet.state_dir;
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("creating state dir {}", dir.display()))?;
+            default_audit_url(dir)
+        }
+    };
+    let name = args.connector.clone().unwrap_or_else(system_hostname);
+    let (audit, writer) = AuditLog::open(&url, &name, AUDIT_QUEUE)
+        .await
+        .with_context(|| format!("opening audit store {url}"))?;
+    audit.set_fingerprint(&config.fingerprint);
+    Ok((audit, writer))
+}
+
+fn default_audit_url(state_dir: &Path) -> String {
+    format!("sqlite://{}", state_dir.join("audit.db").display())
+}
+
+/// This machine's hostname, or `portcullis` if it has none readable.
+fn system_hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "portcullis".to_owned())
+}
+
+/// The start-up record: which file, which devices, where their targets
+/// pointed when pinned, and which build.
+fn startup_record(config: &Config, plan: &Plan) -> Record {
+    let versions = tailnet::build_versions();
+    Record::startup(config.fingerprint.clone())
+        .with_extra("config_file", config.file_name.clone().into())
+        .with_extra("version", env!("CARGO_PKG_VERSION").into())
+        .with_extra("tailscale", versions.tailscale.into())
+        .with_extra("devices", serde_json::json!(plan.hostnames()))
+        .with_extra("pinned", plan.pinned_json())
+}
+
+/// Sets each `NAME=VALUE` of `knobs` (comma-separated) on the embedded
+/// tailnet runtime.
+fn apply_knobs(knobs: Option<&str>) -> anyhow::Result<()> {
+    for (name, value) in parse_knobs(knobs.unwrap_or_default())? {
+        tailnet::set_knob(name, value).with_context(|| format!("{KNOBS_ENV}: setting {name}"))?;
+        tracing::info!(knob = name, value, "tailnet knob set");
+    }
+    Ok(())
+}
+
+fn parse_knobs(text: &str) -> anyhow::Result<Vec<(&str, &str)>> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .map(|item| match item.split_once('=') {
+            Some((name, value)) if !name.trim().is_empty() => Ok((name.trim(), value.trim())),
+            _ => anyhow::bail!("{KNOBS_ENV}: {item:?} is not NAME=VALUE"),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn knobs_parse_and_bad_items_are_named() {
+        assert_eq!(
+            parse_knobs(" TS_A=1, TS_B=x=y ,,").expect("valid"),
+            vec![("TS_A", "1"), ("TS_B", "x=y")]
+        );
+        assert!(parse_knobs("").expect("empty").is_empty());
+        let err = parse_knobs("TS_A=1,oops").expect_err("invalid");
+        assert!(err.to_string().contains("\"oops\""), "{err}");
+    }
+
+    #[test]
+    fn default_audit_store_is_sqlite_in_the_state_dir() {
+        assert_eq!(
+            default_audit_url(Path::new("/var/lib/portcullis")),
+            "sqlite:///var/lib/portcullis/audit.db"
+        );
+    }
+}

@@ -264,3 +264,66 @@ async fn slow_backend_is_a_504_and_the_next_request_still_works() {
         .collect();
     assert_eq!(statuses, vec!["504", "200"]);
 }
+
+#[tokio::test]
+async fn draining_closes_an_idle_keep_alive_connection_at_once() {
+    let (_backend, h, ctx) = setup(true).await;
+    let (phase, phase_rx) = tokio::sync::watch::channel(super::Phase::Running);
+    let ctx = Arc::new(Arc::unwrap_or_clone(ctx).with_phase(phase_rx));
+    let (mut sender, served) = connect(&ctx, alice()).await;
+    let (status, _) = send(&mut sender, "GET", "/api/items", &[]).await;
+    assert_eq!(status, StatusCode::OK);
+
+    // The caller keeps the connection open; draining must not wait for it.
+    phase.send_replace(super::Phase::Draining);
+    tokio::time::timeout(Duration::from_secs(2), served)
+        .await
+        .expect("idle connection closed on drain")
+        .expect("handler");
+    drop(sender);
+
+    let records = h.finish().await;
+    let close = of_kind(&records, Kind::ConnectionClose);
+    assert_eq!(close.len(), 1);
+    assert_eq!(close[0].status.as_deref(), Some("ok"));
+}
+
+#[tokio::test]
+async fn plan_pins_targets_skips_mcp_endpoints_and_refuses_tls() {
+    let plan = super::Plan::prepare(&config(
+        r#"
+[[endpoint]]
+name = "web"
+kind = "http"
+target = "127.0.0.1:8080"
+
+[[endpoint]]
+name = "tickets"
+kind = "mcp"
+target = "127.0.0.1:8001"
+"#,
+    ))
+    .await
+    .expect("plan");
+    assert_eq!(plan.hostnames(), vec!["web"]);
+    assert_eq!(
+        plan.pinned_json(),
+        serde_json::json!({"web": {"target": "127.0.0.1:8080", "addrs": ["127.0.0.1:8080"]}})
+    );
+
+    let err = super::Plan::prepare(&config(
+        r#"
+[[endpoint]]
+name = "web"
+kind = "http"
+target = "127.0.0.1:8443"
+
+[endpoint.http]
+tls = true
+"#,
+    ))
+    .await
+    .expect_err("tls refused");
+    assert_eq!(err.code(), "unsupported");
+    assert!(err.to_string().contains("endpoint web"), "{err}");
+}

@@ -23,7 +23,10 @@ fn main() {
     if let Ok(n) = std::env::var("PORTCULLIS_BENCH_NODES") {
         return nodes_child(n.parse().expect("node count"));
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     let hs = common::Headscale::start();
     let user = hs.create_user("bench");
     let key = hs.auth_key(user, &[]);
@@ -31,9 +34,15 @@ fn main() {
     let ffi = rt.block_on(ffi_pair(&hs, &key));
     let go = go_pair(&hs, &key);
     println!("\n== throughput and connect latency (one tailnet, loopback) ==");
-    println!("{:<22} {:>12} {:>14} {:>14}", "pair", "MB/s", "connect p50", "connect p99");
+    println!(
+        "{:<22} {:>12} {:>14} {:>14}",
+        "pair", "MB/s", "connect p50", "connect p99"
+    );
     for (name, r) in [("embedded (FFI)", &ffi), ("plain Go tsnet", &go)] {
-        println!("{:<22} {:>12.1} {:>11.0} us {:>11.0} us", name, r.mb_per_s, r.p50_us, r.p99_us);
+        println!(
+            "{:<22} {:>12.1} {:>11.0} us {:>11.0} us",
+            name, r.mb_per_s, r.p50_us, r.p99_us
+        );
     }
     println!(
         "ratio FFI/Go: throughput {:.2}x, connect p50 {:+.0} us",
@@ -52,9 +61,16 @@ fn main() {
             .env("BENCH_DIR", hs.dir().join(format!("nodes-{n}")))
             .output()
             .expect("run child");
-        assert!(out.status.success(), "child failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "child failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("child json");
-        let (rss, cpu) = (v["rss_mb"].as_f64().unwrap_or(0.0), v["cpu_pct"].as_f64().unwrap_or(0.0));
+        let (rss, cpu) = (
+            v["rss_mb"].as_f64().unwrap_or(0.0),
+            v["cpu_pct"].as_f64().unwrap_or(0.0),
+        );
         println!("{n:>6} {rss:>10.1} {cpu:>16.2}");
         rows.push((n as f64, rss, cpu));
     }
@@ -73,7 +89,10 @@ struct PairResult {
 }
 
 async fn ffi_pair(hs: &common::Headscale, key: &str) -> PairResult {
-    let (a, b) = tokio::join!(common::node(hs, "ffi-a", key), common::node(hs, "ffi-b", key));
+    let (a, b) = tokio::join!(
+        common::node(hs, "ffi-a", key),
+        common::node(hs, "ffi-b", key)
+    );
     let ip = a.ips().expect("ips")[0];
     let bulk = a.listen(7001).await.expect("listen");
     let echo = a.listen(7002).await.expect("listen");
@@ -105,7 +124,11 @@ async fn ffi_pair(hs: &common::Headscale, key: &str) -> PairResult {
     });
     let addr = format!("{ip}:7001");
     // Warm-up dial sets up the path, as in the Go peer.
-    drop(b.dial(&addr, Duration::from_secs(30)).await.expect("warm dial"));
+    drop(
+        b.dial(&addr, Duration::from_secs(30))
+            .await
+            .expect("warm dial"),
+    );
     let start = Instant::now();
     let mut c = b.dial(&addr, Duration::from_secs(30)).await.expect("dial");
     let buf = vec![0u8; 64 << 10];
@@ -133,7 +156,11 @@ async fn ffi_pair(hs: &common::Headscale, key: &str) -> PairResult {
     lat.sort_by(f64::total_cmp);
     a.close().await.expect("close");
     b.close().await.expect("close");
-    PairResult { mb_per_s, p50_us: lat[DIALS / 2], p99_us: lat[DIALS * 99 / 100] }
+    PairResult {
+        mb_per_s,
+        p50_us: lat[DIALS / 2],
+        p99_us: lat[DIALS * 99 / 100],
+    }
 }
 
 fn go_pair(hs: &common::Headscale, key: &str) -> PairResult {
@@ -155,7 +182,11 @@ fn go_pair(hs: &common::Headscale, key: &str) -> PairResult {
         .arg(format!("-dials={DIALS}"))
         .output()
         .expect("run tsnet-pair");
-    assert!(out.status.success(), "tsnet-pair: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "tsnet-pair: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     PairResult {
         mb_per_s: v["mb_per_s"].as_f64().unwrap_or(0.0),
@@ -166,7 +197,10 @@ fn go_pair(hs: &common::Headscale, key: &str) -> PairResult {
 
 /// Child mode: start `n` nodes, let them settle, report RSS and idle CPU.
 fn nodes_child(n: usize) {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     let control = std::env::var("BENCH_CONTROL").expect("control");
     let key = std::env::var("BENCH_KEY").expect("key");
     let dir = std::path::PathBuf::from(std::env::var("BENCH_DIR").expect("dir"));
@@ -174,10 +208,13 @@ fn nodes_child(n: usize) {
     let nodes = rt.block_on(async {
         let mut set = tokio::task::JoinSet::new();
         for i in 0..n {
-            let b = portcullis::tailnet::NodeBuilder::new(format!("n{n}-{i}"), dir.join(format!("n{i}")))
-                .control_url(&control)
-                .auth_key(&key)
-                .up_timeout(Duration::from_secs(120));
+            let b = portcullis::tailnet::NodeBuilder::new(
+                format!("n{n}-{i}"),
+                dir.join(format!("n{i}")),
+            )
+            .control_url(&control)
+            .auth_key(&key)
+            .up_timeout(Duration::from_secs(120));
             set.spawn(b.start());
         }
         let mut nodes = Vec::new();
@@ -190,7 +227,10 @@ fn nodes_child(n: usize) {
     let (cpu0, t0) = (cpu_ticks(), Instant::now());
     std::thread::sleep(Duration::from_secs(15));
     let cpu = (cpu_ticks() - cpu0) as f64 / 100.0 / t0.elapsed().as_secs_f64() * 100.0;
-    println!("{}", serde_json::json!({"nodes": nodes.len(), "rss_mb": rss_mb(), "cpu_pct": cpu}));
+    println!(
+        "{}",
+        serde_json::json!({"nodes": nodes.len(), "rss_mb": rss_mb(), "cpu_pct": cpu})
+    );
 }
 
 fn rss_mb() -> f64 {
@@ -207,6 +247,12 @@ fn cpu_ticks() -> u64 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
     let after = stat.rsplit(')').next().unwrap_or_default();
     let fields: Vec<&str> = after.split_whitespace().collect();
-    fields.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
-        + fields.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0)
+    fields
+        .get(11)
+        .and_then(|u| u.parse::<u64>().ok())
+        .unwrap_or(0)
+        + fields
+            .get(12)
+            .and_then(|s| s.parse::<u64>().ok())
+            .unwrap_or(0)
 }

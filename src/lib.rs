@@ -48,6 +48,7 @@
 pub mod audit;
 pub mod backend;
 pub mod config;
+pub mod devices;
 pub mod identity;
 pub mod inspect;
 pub mod mcp;

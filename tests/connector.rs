@@ -66,14 +66,31 @@ async fn counting_backend() -> (u16, Arc<AtomicUsize>) {
 }
 
 /// One HTTP/1.1 request over the tailnet; returns (status, body).
-async fn http(agent: &Node, device: &str, method: &str, path: &str, headers: &str) -> (u16, String) {
-    let mut s = agent.dial(&format!("{device}:80"), Duration::from_secs(30)).await.expect("dial device");
-    let req = format!("{method} {path} HTTP/1.1\r\nhost: {device}\r\n{headers}connection: close\r\n\r\n");
+async fn http(
+    agent: &Node,
+    device: &str,
+    method: &str,
+    path: &str,
+    headers: &str,
+) -> (u16, String) {
+    let mut s = agent
+        .dial(&format!("{device}:80"), Duration::from_secs(30))
+        .await
+        .expect("dial device");
+    let req =
+        format!("{method} {path} HTTP/1.1\r\nhost: {device}\r\n{headers}connection: close\r\n\r\n");
     s.write_all(req.as_bytes()).await.expect("send");
     let mut resp = String::new();
     s.read_to_string(&mut resp).await.expect("read");
-    let status = resp.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let status = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     (status, body)
 }
 
@@ -146,25 +163,49 @@ async fn connector_serves_allowed_agents_refuses_others_and_audits_everything() 
     let device_key = hs.auth_key(admin, &["tag:portcullis"]);
     let agent_key = hs.auth_key(admin, &["tag:agent"]);
     let intruder_key = hs.auth_key(admin, &["tag:intruder"]);
-    let pg = tokio::task::spawn_blocking(Postgres::start).await.expect("postgres");
+    let pg = tokio::task::spawn_blocking(Postgres::start)
+        .await
+        .expect("postgres");
     let (web_port, web_conns) = echo_http_backend().await;
     let (counted_port, counted_conns) = counting_backend().await;
 
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("endpoints.toml");
-    std::fs::write(&file, config(&hs, dir.path(), web_port, pg.port, counted_port)).expect("write config");
+    std::fs::write(
+        &file,
+        config(&hs, dir.path(), web_port, pg.port, counted_port),
+    )
+    .expect("write config");
     let audit_url = format!("sqlite://{}", dir.path().join("audit.db").display());
     let (f, k, a) = (file.clone(), device_key.clone(), audit_url.clone());
-    let mut conn = tokio::task::spawn_blocking(move || Connector::start(&f, &k, &a)).await.expect("connector");
-    let (agent, intruder) = tokio::join!(node(&hs, "agent", &agent_key), node(&hs, "intruder", &intruder_key));
+    let mut conn = tokio::task::spawn_blocking(move || Connector::start(&f, &k, &a))
+        .await
+        .expect("connector");
+    let (agent, intruder) = tokio::join!(
+        node(&hs, "agent", &agent_key),
+        node(&hs, "intruder", &intruder_key)
+    );
 
     // Allowed: HTTP through the web device, with the verified identity and
     // without the identity header the agent tried to forge.
-    let (status, body) = http(&agent, "web", "GET", "/echo?x=1", "x-portcullis-user: admin@corp\r\n").await;
+    let (status, body) = http(
+        &agent,
+        "web",
+        "GET",
+        "/echo?x=1",
+        "x-portcullis-user: admin@corp\r\n",
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
     let lower = body.to_lowercase();
-    assert!(lower.contains("x-portcullis-tags: tag:agent"), "identity passed on: {body}");
-    assert!(!lower.contains("admin@corp"), "spoofed identity header reached the backend: {body}");
+    assert!(
+        lower.contains("x-portcullis-tags: tag:agent"),
+        "identity passed on: {body}"
+    );
+    assert!(
+        !lower.contains("admin@corp"),
+        "spoofed identity header reached the backend: {body}"
+    );
 
     // Off the method and path lists: 403 with the reason, backend untouched.
     let before = web_conns.load(Ordering::SeqCst);
@@ -174,13 +215,22 @@ async fn connector_serves_allowed_agents_refuses_others_and_audits_everything() 
     let (status, body) = http(&agent, "web", "GET", "/admin", "").await;
     assert_eq!(status, 403, "{body}");
     assert!(body.contains("path_not_allowed"), "{body}");
-    assert_eq!(web_conns.load(Ordering::SeqCst), before, "refused requests reached the backend");
+    assert_eq!(
+        web_conns.load(Ordering::SeqCst),
+        before,
+        "refused requests reached the backend"
+    );
 
     // A real PostgreSQL query through the db device.
     let fwd = forward(agent.clone(), "db:5432".into()).await;
     let url = format!("postgres://portcullis@127.0.0.1:{fwd}/postgres");
-    let mut pgc = <sqlx::PgConnection as sqlx::Connection>::connect(&url).await.expect("postgres over tailnet");
-    let answer: i32 = sqlx::query_scalar("SELECT 41 + 1").fetch_one(&mut pgc).await.expect("query");
+    let mut pgc = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
+        .await
+        .expect("postgres over tailnet");
+    let answer: i32 = sqlx::query_scalar("SELECT 41 + 1")
+        .fetch_one(&mut pgc)
+        .await
+        .expect("query");
     assert_eq!(answer, 42);
     drop(pgc);
 
@@ -189,29 +239,48 @@ async fn connector_serves_allowed_agents_refuses_others_and_audits_everything() 
         if let Ok(mut s) = intruder.dial("counted:7000", Duration::from_secs(30)).await {
             let mut buf = Vec::new();
             let _ = s.read_to_end(&mut buf).await;
-            assert!(buf.is_empty(), "intruder got data: {:?}", String::from_utf8_lossy(&buf));
+            assert!(
+                buf.is_empty(),
+                "intruder got data: {:?}",
+                String::from_utf8_lossy(&buf)
+            );
         }
     }
-    assert_eq!(counted_conns.load(Ordering::SeqCst), 0, "a denied connection reached the backend");
+    assert_eq!(
+        counted_conns.load(Ordering::SeqCst),
+        0,
+        "a denied connection reached the backend"
+    );
     let (status, _) = http(&intruder, "web", "GET", "/echo", "").await;
     assert_eq!(status, 0, "intruder must not get an HTTP answer");
 
     // The allowed agent does reach it.
-    let mut s = agent.dial("counted:7000", Duration::from_secs(30)).await.expect("dial counted");
+    let mut s = agent
+        .dial("counted:7000", Duration::from_secs(30))
+        .await
+        .expect("dial counted");
     let mut line = String::new();
     s.read_to_string(&mut line).await.expect("read");
     assert_eq!(line, "hello from backend\n");
     assert_eq!(counted_conns.load(Ordering::SeqCst), 1);
 
     // Whatever is not in the file does not exist on the tailnet.
-    let err = agent.dial("secret-db:5432", Duration::from_secs(5)).await.expect_err("not in the file");
+    let err = agent
+        .dial("secret-db:5432", Duration::from_secs(5))
+        .await
+        .expect_err("not in the file");
     assert!(err.to_string().contains("secret-db"), "{err}");
     let nodes = hs.cli(&["nodes", "list"]);
     let mut names: Vec<String> = nodes
         .as_array()
         .expect("node list")
         .iter()
-        .filter_map(|n| n["given_name"].as_str().or(n["name"].as_str()).map(str::to_string))
+        .filter_map(|n| {
+            n["given_name"]
+                .as_str()
+                .or(n["name"].as_str())
+                .map(str::to_string)
+        })
         .collect();
     names.sort();
     assert_eq!(names, ["agent", "counted", "db", "intruder", "web"]);
@@ -223,21 +292,38 @@ async fn connector_serves_allowed_agents_refuses_others_and_audits_everything() 
     })
     .await
     .expect("stop");
-    assert!(status.0.success(), "exit status {:?}:\n{}", status.0, status.1);
+    assert!(
+        status.0.success(),
+        "exit status {:?}:\n{}",
+        status.0,
+        status.1
+    );
     let verify = connector::run(&["audit", "verify", "--audit", &audit_url]);
-    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stderr));
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
 
     let json = connector::run(&["audit", "query", "--audit", &audit_url, "--json"]);
     let records: Vec<serde_json::Value> = String::from_utf8_lossy(&json.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).expect("json line"))
         .collect();
-    let find = |pred: &dyn Fn(&serde_json::Value) -> bool| records.iter().filter(|r| pred(r)).count();
+    let find =
+        |pred: &dyn Fn(&serde_json::Value) -> bool| records.iter().filter(|r| pred(r)).count();
     let rec = |r: &serde_json::Value| r.get("record").cloned().unwrap_or_else(|| r.clone());
-    assert_eq!(find(&|r| rec(r)["kind"] == "http_request"), 4, "one record per HTTP request:\n{records:#?}");
+    assert_eq!(
+        find(&|r| rec(r)["kind"] == "http_request"),
+        4,
+        "one record per HTTP request:\n{records:#?}"
+    );
     assert!(find(&|r| rec(r)["reason"] == "method_not_allowed") >= 1);
     assert!(find(&|r| rec(r)["reason"] == "path_not_allowed") >= 1);
-    assert!(find(&|r| rec(r)["kind"] == "connection_denied") >= 3, "intruder refusals recorded");
+    assert!(
+        find(&|r| rec(r)["kind"] == "connection_denied") >= 3,
+        "intruder refusals recorded"
+    );
     assert_eq!(find(&|r| rec(r)["kind"] == "startup"), 1);
     assert_eq!(find(&|r| rec(r)["kind"] == "shutdown"), 1);
 
@@ -246,8 +332,16 @@ async fn connector_serves_allowed_agents_refuses_others_and_audits_everything() 
     let copy = dir.path().join("audit-copy.db");
     std::fs::copy(&db, &copy).expect("copy audit db");
     for (path, sql, expect) in [
-        (&db, "UPDATE audit_records SET body = body || ' ' WHERE seq = 3", "seq 3: hash does not match"),
-        (&copy, "DELETE FROM audit_records WHERE seq = 4", "seq 4: record missing"),
+        (
+            &db,
+            "UPDATE audit_records SET body = body || ' ' WHERE seq = 3",
+            "seq 3: hash does not match",
+        ),
+        (
+            &copy,
+            "DELETE FROM audit_records WHERE seq = 4",
+            "seq 4: record missing",
+        ),
     ] {
         let url = format!("sqlite://{}", path.display());
         let pool = sqlx::SqlitePool::connect(&url).await.expect("open db");

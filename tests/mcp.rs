@@ -19,13 +19,20 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 fn python() -> String {
     std::env::var("PORTCULLIS_PYTHON").unwrap_or_else(|_| {
         let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
-        assert!(venv.exists(), "no Python test clients: run scripts/setup (or set PORTCULLIS_PYTHON)");
+        assert!(
+            venv.exists(),
+            "no Python test clients: run scripts/setup (or set PORTCULLIS_PYTHON)"
+        );
         venv.display().to_string()
     })
 }
 
 fn script(name: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python").join(name).display().to_string()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/python")
+        .join(name)
+        .display()
+        .to_string()
 }
 
 /// The FastMCP upstream, killed on drop.
@@ -47,7 +54,10 @@ fn start_upstream(port: u16) -> Upstream {
         .expect("start upstream MCP server");
     let deadline = Instant::now() + Duration::from_secs(30);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "upstream MCP server did not start");
+        assert!(
+            Instant::now() < deadline,
+            "upstream MCP server did not start"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     Upstream(child)
@@ -56,7 +66,9 @@ fn start_upstream(port: u16) -> Upstream {
 /// An HTTP backend that answers with the request head it got and counts
 /// requests by path.
 async fn http_backend() -> (u16, Arc<AtomicUsize>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let port = listener.local_addr().expect("addr").port();
     let hits = Arc::new(AtomicUsize::new(0));
     let seen = hits.clone();
@@ -76,7 +88,11 @@ async fn http_backend() -> (u16, Arc<AtomicUsize>) {
                     let text = String::from_utf8_lossy(&head).to_string();
                     let len = text
                         .lines()
-                        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string()))
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().to_string())
+                        })
                         .and_then(|v| v.parse::<usize>().ok())
                         .unwrap_or(0);
                     let mut body = vec![0u8; len];
@@ -85,7 +101,10 @@ async fn http_backend() -> (u16, Arc<AtomicUsize>) {
                     }
                     seen.fetch_add(1, Ordering::SeqCst);
                     let reply = format!("{text}{}", String::from_utf8_lossy(&body));
-                    let resp = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{reply}", reply.len());
+                    let resp = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{reply}",
+                        reply.len()
+                    );
                     if s.write_all(resp.as_bytes()).await.is_err() {
                         return;
                     }
@@ -193,7 +212,10 @@ fn listening_sockets(pid: u32) -> Vec<String> {
             }
         }
     }
-    assert!(!inodes.is_empty(), "the connector has sockets (its tailnet UDP at least)");
+    assert!(
+        !inodes.is_empty(),
+        "the connector has sockets (its tailnet UDP at least)"
+    );
     let mut listening = Vec::new();
     for table in ["tcp", "tcp6"] {
         let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap_or_default();
@@ -221,15 +243,24 @@ async fn python_mcp_client_over_the_tailnet_is_governed_per_caller() {
 
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("endpoints.toml");
-    std::fs::write(&file, config(&hs, dir.path(), web_port, upstream_port, free_port())).expect("config");
+    std::fs::write(
+        &file,
+        config(&hs, dir.path(), web_port, upstream_port, free_port()),
+    )
+    .expect("config");
     let audit_url = format!("sqlite://{}", dir.path().join("audit.db").display());
     let (f, k, a) = (file.clone(), device_key.clone(), audit_url.clone());
-    let mut conn = tokio::task::spawn_blocking(move || Connector::start(&f, &k, &a)).await.expect("connector");
+    let mut conn = tokio::task::spawn_blocking(move || Connector::start(&f, &k, &a))
+        .await
+        .expect("connector");
     conn.wait_for("tickets", Duration::from_secs(60));
 
     let (url, key, key2) = (hs.url.clone(), agent_key.clone(), ops_key.clone());
     let (agent, ops) = tokio::task::spawn_blocking(move || {
-        (Tailscaled::start(&url, &key, "agent"), Tailscaled::start(&url, &key2, "ops"))
+        (
+            Tailscaled::start(&url, &key, "agent"),
+            Tailscaled::start(&url, &key2, "ops"),
+        )
     })
     .await
     .expect("tailscaled peers");
@@ -264,50 +295,121 @@ async fn python_mcp_client_over_the_tailnet_is_governed_per_caller() {
     let hits_before = web_hits.load(Ordering::SeqCst);
     let proxy = agent.http_proxy;
     let (u, s) = (mcp_url.clone(), scenario.clone());
-    let report = tokio::task::spawn_blocking(move || run_agent(proxy, &u, s)).await.expect("agent");
+    let report = tokio::task::spawn_blocking(move || run_agent(proxy, &u, s))
+        .await
+        .expect("agent");
 
     // Tools: built-ins, federated upstream tools minus the denied one.
-    let tools: Vec<&str> = report["tools"].as_array().expect("tools").iter().filter_map(Value::as_str).collect();
-    for t in ["whoami", "list_endpoints", "http_request", "tickets__echo", "tickets__slow", "tickets__leak"] {
+    let tools: Vec<&str> = report["tools"]
+        .as_array()
+        .expect("tools")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    for t in [
+        "whoami",
+        "list_endpoints",
+        "http_request",
+        "tickets__echo",
+        "tickets__slow",
+        "tickets__leak",
+    ] {
         assert!(tools.contains(&t), "{t} missing from {tools:?}");
     }
-    assert!(!tools.contains(&"tickets__delete_all"), "denied tool listed: {tools:?}");
+    assert!(
+        !tools.contains(&"tickets__delete_all"),
+        "denied tool listed: {tools:?}"
+    );
     let who = call(&report, 0)["text"].as_str().unwrap_or_default();
     assert!(who.contains("tag:agent"), "whoami: {who}");
     let endpoints = call(&report, 1)["text"].as_str().unwrap_or_default();
-    assert!(endpoints.contains("web") && endpoints.contains("tickets"), "{endpoints}");
-    assert!(endpoints.contains("granted"), "capability grant from the tailnet policy: {endpoints}");
+    assert!(
+        endpoints.contains("web") && endpoints.contains("tickets"),
+        "{endpoints}"
+    );
+    assert!(
+        endpoints.contains("granted"),
+        "capability grant from the tailnet policy: {endpoints}"
+    );
 
     let get = call(&report, 2);
     assert_eq!(get["is_error"], false, "{get}");
     let text = get["text"].as_str().unwrap_or_default().to_lowercase();
     assert!(text.contains("x-portcullis-tags: tag:agent"), "{text}");
-    assert!(!text.contains("root@corp"), "spoofed identity reached the backend: {text}");
+    assert!(
+        !text.contains("root@corp"),
+        "spoofed identity reached the backend: {text}"
+    );
     let delete = call(&report, 3);
     assert_eq!(delete["is_error"], true, "{delete}");
-    assert!(delete["text"].as_str().unwrap_or_default().contains("method_not_allowed"), "{delete}");
+    assert!(
+        delete["text"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("method_not_allowed"),
+        "{delete}"
+    );
     let post = call(&report, 4);
     assert_eq!(post["is_error"], false, "{post}");
     let posted = post["text"].as_str().unwrap_or_default();
-    assert!(!posted.contains(secret) && posted.contains("[REDACTED:"), "secret redacted before the backend: {posted}");
+    assert!(
+        !posted.contains(secret) && posted.contains("[REDACTED:"),
+        "secret redacted before the backend: {posted}"
+    );
 
     assert_eq!(call(&report, 5)["text"], "hello upstream");
     let denied = call(&report, 6);
-    assert!(denied["is_error"] == true || denied.get("exception").is_some(), "{denied}");
+    assert!(
+        denied["is_error"] == true || denied.get("exception").is_some(),
+        "{denied}"
+    );
     let leak = call(&report, 7)["text"].as_str().unwrap_or_default();
-    assert!(!leak.contains("ghp_A1b2") && leak.contains("[REDACTED:github_token]"), "{leak}");
-    assert!(call(&report, 8)["text"].as_str().unwrap_or_default().contains("Ticket 42"));
+    assert!(
+        !leak.contains("ghp_A1b2") && leak.contains("[REDACTED:github_token]"),
+        "{leak}"
+    );
+    assert!(
+        call(&report, 8)["text"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("Ticket 42")
+    );
     let slow = call(&report, 9);
-    assert_eq!(slow["is_error"], true, "slow upstream is a tool error: {slow}");
-    assert_eq!(call(&report, 10)["text"], "still serving", "connector keeps serving after a slow upstream");
+    assert_eq!(
+        slow["is_error"], true,
+        "slow upstream is a tool error: {slow}"
+    );
+    assert_eq!(
+        call(&report, 10)["text"],
+        "still serving",
+        "connector keeps serving after a slow upstream"
+    );
     let down = call(&report, 11);
-    assert!(down["is_error"] == true || down.get("exception").is_some(), "{down}");
-    assert!(call(&report, 12).get("exception").is_some(), "unknown tool is a JSON-RPC error");
-    assert_eq!(call(&report, 13)["is_error"], false, "granted endpoint usable: {}", call(&report, 13));
+    assert!(
+        down["is_error"] == true || down.get("exception").is_some(),
+        "{down}"
+    );
+    assert!(
+        call(&report, 12).get("exception").is_some(),
+        "unknown tool is a JSON-RPC error"
+    );
+    assert_eq!(
+        call(&report, 13)["is_error"],
+        false,
+        "granted endpoint usable: {}",
+        call(&report, 13)
+    );
 
     let raw = report["raw"].as_array().expect("raw");
     assert_eq!(raw[0]["status"], 400, "malformed JSON: {}", raw[0]);
-    assert!(raw[0]["body"].as_str().unwrap_or_default().contains("-32700"), "{}", raw[0]);
+    assert!(
+        raw[0]["body"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("-32700"),
+        "{}",
+        raw[0]
+    );
     assert_eq!(raw[1]["status"], 413, "oversized body: {}", raw[1]);
     // GET, POST(redacted) and the granted GET reached the web backend; the denied DELETE did not.
     assert_eq!(web_hits.load(Ordering::SeqCst) - hits_before, 3);
@@ -321,29 +423,66 @@ async fn python_mcp_client_over_the_tailnet_is_governed_per_caller() {
     let hits_before = web_hits.load(Ordering::SeqCst);
     let proxy = ops.http_proxy;
     let u = mcp_url.clone();
-    let ops_report = tokio::task::spawn_blocking(move || run_agent(proxy, &u, fewer)).await.expect("ops agent");
-    let ops_tools: Vec<&str> =
-        ops_report["tools"].as_array().expect("tools").iter().filter_map(Value::as_str).collect();
+    let ops_report = tokio::task::spawn_blocking(move || run_agent(proxy, &u, fewer))
+        .await
+        .expect("ops agent");
+    let ops_tools: Vec<&str> = ops_report["tools"]
+        .as_array()
+        .expect("tools")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
     assert!(ops_tools.len() < tools.len(), "{ops_tools:?} vs {tools:?}");
-    assert!(!ops_report["calls"][0]["text"].as_str().unwrap_or_default().contains("\"web\""));
+    assert!(
+        !ops_report["calls"][0]["text"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("\"web\"")
+    );
     let refused = &ops_report["calls"][1];
-    assert!(refused["is_error"] == true || refused.get("exception").is_some(), "{refused}");
-    assert_eq!(web_hits.load(Ordering::SeqCst), hits_before, "denied call reached the backend");
+    assert!(
+        refused["is_error"] == true || refused.get("exception").is_some(),
+        "{refused}"
+    );
+    assert_eq!(
+        web_hits.load(Ordering::SeqCst),
+        hits_before,
+        "denied call reached the backend"
+    );
     assert_eq!(ops_report["calls"][2]["text"], "ops here");
 
     // No TCP socket listens on any host interface.
     let pid = conn.pid();
-    assert!(listening_sockets(pid).is_empty(), "host listeners: {:?}", listening_sockets(pid));
+    assert!(
+        listening_sockets(pid).is_empty(),
+        "host listeners: {:?}",
+        listening_sockets(pid)
+    );
 
-    let status = tokio::task::spawn_blocking(move || conn.stop()).await.expect("stop");
+    let status = tokio::task::spawn_blocking(move || conn.stop())
+        .await
+        .expect("stop");
     assert!(status.success());
     let verify = connector::run(&["audit", "verify", "--audit", &audit_url]);
-    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stderr));
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
     let dump = connector::run(&["audit", "export", "--jsonl", "--audit", &audit_url]);
     let dump = String::from_utf8_lossy(&dump.stdout);
-    assert!(!dump.contains(secret) && !dump.contains("A1b2C3d4E5f6"), "a secret reached the audit log");
-    assert!(dump.contains("github_token"), "findings are recorded by type");
-    assert!(dump.contains("mcp_tool_call") && dump.contains("mcp_initialize"), "tool calls audited");
+    assert!(
+        !dump.contains(secret) && !dump.contains("A1b2C3d4E5f6"),
+        "a secret reached the audit log"
+    );
+    assert!(
+        dump.contains("github_token"),
+        "findings are recorded by type"
+    );
+    assert!(
+        dump.contains("mcp_tool_call") && dump.contains("mcp_initialize"),
+        "tool calls audited"
+    );
 }
 
 async fn wait_reachable(peer: &Tailscaled, host: &str) {
@@ -353,7 +492,11 @@ async fn wait_reachable(peer: &Tailscaled, host: &str) {
         if out.status.success() {
             return;
         }
-        assert!(Instant::now() < deadline, "{host} unreachable from peer: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            Instant::now() < deadline,
+            "{host} unreachable from peer: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }

@@ -1,51 +1,242 @@
-//! `portcullis run`: the connector itself.
+//! `portcullis run`: start every device of an endpoint file and serve until
+//! SIGTERM or SIGINT.
+//!
+//! Order matters: the file is validated, targets are pinned and the start-up
+//! record (with the pinned addresses) is written *before* any node joins the
+//! tailnet, so the audit log says what was exposed before it was.
+//!
+//! # Tailscale knobs
+//!
+//! The embedded Go runtime copies the process environment when it loads, so
+//! `TS_*` variables set in the environment before the process starts reach
+//! every node. `PORTCULLIS_TS_KNOBS` (e.g.
+//! `TS_DEBUG_USE_DERP_HTTP=1,TS_DISABLE_PORTMAPPER=1`) sets knobs from inside
+//! the process instead, through [`tailnet::set_knob`], before any node
+//! starts; it is meant for local and test tailnets.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use portcullis::audit::{AuditLog, Record, WriterTask};
+use portcullis::config::{self, Config};
+use portcullis::devices::{self, Connector, Options, Plan};
+use portcullis::mcp;
+use portcullis::policy::Policy;
+use portcullis::tailnet;
+use std::sync::Arc;
+
+/// Environment variable with comma-separated `NAME=VALUE` tailnet knobs.
+const KNOBS_ENV: &str = "PORTCULLIS_TS_KNOBS";
+/// Audit records buffered between the data path and the writer.
+const AUDIT_QUEUE: usize = 65_536;
 
 /// Arguments of `portcullis run`.
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
-    /// The endpoint file to enforce; validated exactly as `review` does.
-    #[arg(value_name = "ENDPOINTS.toml")]
+    /// Endpoint file
     pub config: PathBuf,
-
-    /// Audit store: `sqlite://PATH`, a file path, or `postgres://...`.
-    /// Default: `sqlite://<state_dir>/audit.db`, with `state_dir` from the
-    /// file's `[tailnet]` section.
-    #[arg(long, value_name = "URL")]
+    /// Audit store URL (default sqlite://<state_dir>/audit.db)
+    #[arg(long)]
     pub audit: Option<String>,
-
-    /// Name of this connector's chain in the audit log; connectors sharing
-    /// one PostgreSQL log need distinct names. Default: the machine's
-    /// hostname.
-    #[arg(long, value_name = "NAME")]
+    /// Connector name in the audit log (default: hostname)
+    #[arg(long)]
     pub connector: Option<String>,
-
-    /// Seconds to let open connections finish after SIGTERM or Ctrl-C
-    /// before they are cut.
-    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    /// Seconds to drain on SIGTERM
+    #[arg(long, default_value_t = 10)]
     pub drain_timeout: u64,
 }
 
-/// Runs the connector until SIGTERM or Ctrl-C.
+/// Runs the connector until a stop signal; exit code 2 for an invalid
+/// endpoint file, 0 after an orderly stop with every record written.
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let config = super::load_config(&args.config, "endpoint file")?;
-    let audit = args
-        .audit
-        .clone()
-        .unwrap_or_else(|| super::default_audit_url(&config));
-    let connector = args
+    let config = match config::load(&args.config) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    apply_knobs(std::env::var(KNOBS_ENV).ok().as_deref())?;
+    let auth_key = config
+        .tailnet
+        .auth_key()
+        .context("reading the tailnet auth key")?;
+
+    let plan = Plan::prepare(&config).await.context("preparing devices")?;
+    let (audit, writer) = open_audit(&args, &config).await?;
+    audit.record(startup_record(&config, &plan));
+
+    let options = Options {
+        progress: true,
+        ..Options::default()
+    };
+    let policy = devices::shared_policy(Policy::from_config(&config));
+    let pinned = plan.pinned().clone();
+    let started = async {
+        let mut connector =
+            Connector::start(plan, &auth_key, policy.clone(), audit.clone(), options).await?;
+        if let Some(device) = &config.mcp {
+            let (config, audit) = (&config, audit.clone());
+            connector
+                .add_service(&device.hostname, &[device.port], move |info| {
+                    let mut hosts = info.names.clone();
+                    hosts.extend(info.ips.iter().map(ToString::to_string));
+                    let state = mcp::McpState::new(config, policy, pinned, audit, hosts)
+                        .map_err(|e| e.to_string())?;
+                    state.start_federation();
+                    Ok(Arc::new(McpService(state)) as Arc<dyn devices::Service>)
+                })
+                .await?;
+        }
+        Ok::<_, devices::DeviceError>(connector)
+    };
+    let connector = match started.await {
+        Ok(connector) => connector,
+        Err(e) => {
+            // The start-up record is already written; end the chain cleanly.
+            let flushed = audit.shutdown().await;
+            let _ = writer.await;
+            flushed.context("flushing the audit log")?;
+            return Err(e).context("starting devices");
+        }
+    };
+    eprintln!(
+        "serving {} ({}), fingerprint {}; stop with SIGTERM or Ctrl-C",
+        config.file_name,
+        audit.connector(),
+        config.fingerprint
+    );
+
+    serve_until_stopped(
+        connector,
+        audit,
+        writer,
+        Duration::from_secs(args.drain_timeout),
+    )
+    .await
+}
+
+/// Waits for a stop signal (or a failed audit writer), then drains and
+/// flushes.
+async fn serve_until_stopped(
+    connector: Connector,
+    audit: AuditLog,
+    mut writer: WriterTask,
+    drain: Duration,
+) -> anyhow::Result<ExitCode> {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        _ = terminate.recv() => eprintln!("SIGTERM: stopping"),
+        _ = tokio::signal::ctrl_c() => eprintln!("SIGINT: stopping"),
+        ended = &mut writer => {
+            // Serving without an audit trail is not allowed: stop at once.
+            connector.shutdown(Duration::ZERO).await;
+            return match ended {
+                Ok(Ok(())) => Err(anyhow::anyhow!("the audit writer stopped unexpectedly")),
+                Ok(Err(e)) => Err(e).context("audit writer failed; devices stopped"),
+                Err(e) => Err(e).context("audit writer panicked; devices stopped"),
+            };
+        }
+    }
+    eprintln!("draining connections for up to {}s", drain.as_secs());
+    let report = connector.shutdown(drain).await;
+    if report.cut > 0 {
+        eprintln!("{} connections cut at the drain deadline", report.cut);
+    }
+    audit.shutdown().await.context("flushing the audit log")?;
+    writer
+        .await
+        .context("audit writer panicked")?
+        .context("audit writer")?;
+    eprintln!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Opens the audit log named by `--audit`, or the default SQLite file under
+/// the state dir.
+async fn open_audit(args: &RunArgs, config: &Config) -> anyhow::Result<(AuditLog, WriterTask)> {
+    let url = match &args.audit {
+        Some(url) => url.clone(),
+        None => {
+            let dir = &config.tailnet.state_dir;
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("creating state dir {}", dir.display()))?;
+            super::default_audit_url(config)
+        }
+    };
+    let name = args
         .connector
         .clone()
         .unwrap_or_else(super::default_connector);
-    tracing::info!(
-        file = %args.config.display(),
-        fingerprint = %config.fingerprint,
-        audit = %super::redact_url(&audit),
-        %connector,
-        drain_timeout_s = args.drain_timeout,
-        "endpoint file valid"
-    );
-    anyhow::bail!("run: not wired yet")
+    let (audit, writer) = AuditLog::open(&url, &name, AUDIT_QUEUE)
+        .await
+        .with_context(|| format!("opening audit store {url}"))?;
+    audit.set_fingerprint(&config.fingerprint);
+    Ok((audit, writer))
+}
+
+/// The start-up record: which file, which devices, where their targets
+/// pointed when pinned, and which build.
+fn startup_record(config: &Config, plan: &Plan) -> Record {
+    let versions = tailnet::build_versions();
+    Record::startup(config.fingerprint.clone())
+        .with_extra("config_file", config.file_name.clone().into())
+        .with_extra("version", env!("CARGO_PKG_VERSION").into())
+        .with_extra("tailscale", versions.tailscale.into())
+        .with_extra("devices", serde_json::json!(plan.hostnames()))
+        .with_extra("pinned", plan.pinned_json())
+}
+
+/// The governed MCP endpoint as a device service.
+struct McpService(Arc<mcp::McpState>);
+
+impl devices::Service for McpService {
+    fn serve(
+        &self,
+        io: tokio::net::UnixStream,
+        caller: portcullis::identity::Caller,
+        _port: u16,
+    ) -> devices::BoxFuture<()> {
+        Box::pin(mcp::serve_connection(self.0.clone(), io, caller))
+    }
+}
+
+/// Sets each `NAME=VALUE` of `knobs` (comma-separated) on the embedded
+/// tailnet runtime.
+fn apply_knobs(knobs: Option<&str>) -> anyhow::Result<()> {
+    for (name, value) in parse_knobs(knobs.unwrap_or_default())? {
+        tailnet::set_knob(name, value).with_context(|| format!("{KNOBS_ENV}: setting {name}"))?;
+        tracing::info!(knob = name, value, "tailnet knob set");
+    }
+    Ok(())
+}
+
+fn parse_knobs(text: &str) -> anyhow::Result<Vec<(&str, &str)>> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .map(|item| match item.split_once('=') {
+            Some((name, value)) if !name.trim().is_empty() => Ok((name.trim(), value.trim())),
+            _ => anyhow::bail!("{KNOBS_ENV}: {item:?} is not NAME=VALUE"),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn knobs_parse_and_bad_items_are_named() {
+        assert_eq!(
+            parse_knobs(" TS_A=1, TS_B=x=y ,,").expect("valid"),
+            vec![("TS_A", "1"), ("TS_B", "x=y")]
+        );
+        assert!(parse_knobs("").expect("empty").is_empty());
+        let err = parse_knobs("TS_A=1,oops").expect_err("invalid");
+        assert!(err.to_string().contains("\"oops\""), "{err}");
+    }
 }

@@ -296,6 +296,16 @@ impl Node {
             .collect()
     }
 
+    /// The node's full MagicDNS name (e.g. `web.tailnet.example`), as the
+    /// control server assigned it.
+    pub async fn dns_name(&self) -> Result<String, TailnetError> {
+        let ip = *self
+            .ips()?
+            .first()
+            .ok_or_else(|| self.call_error("dns name", "no address".into()))?;
+        Ok(self.whois(SocketAddr::new(ip, 0)).await?.node)
+    }
+
     /// Listens on a tailnet TCP port of this node.
     pub async fn listen(&self, port: u16) -> Result<Listener, TailnetError> {
         let sd = self.inner.sd;

@@ -23,7 +23,10 @@ pub fn binary() -> PathBuf {
     // Examples have no CARGO_BIN_EXE_*: the binary sits one level up
     // (target/<profile>/examples/demo -> target/<profile>/portcullis).
     let exe = std::env::current_exe().expect("current exe");
-    exe.parent().and_then(Path::parent).map(|d| d.join("portcullis")).expect("target dir")
+    exe.parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("portcullis"))
+        .expect("target dir")
 }
 
 impl Connector {
@@ -47,7 +50,11 @@ impl Connector {
             .stderr(out)
             .spawn()
             .expect("spawn portcullis run");
-        let mut c = Connector { child: Some(child), log, audit_url: audit_url.to_string() };
+        let mut c = Connector {
+            child: Some(child),
+            log,
+            audit_url: audit_url.to_string(),
+        };
         c.wait_for("serving ", Duration::from_secs(120));
         c
     }
@@ -63,9 +70,16 @@ impl Connector {
             if let Some(child) = self.child.as_mut()
                 && let Ok(Some(status)) = child.try_wait()
             {
-                panic!("portcullis exited ({status}) before {needle:?}:\n{}", self.output());
+                panic!(
+                    "portcullis exited ({status}) before {needle:?}:\n{}",
+                    self.output()
+                );
             }
-            assert!(Instant::now() < deadline, "no {needle:?} within {timeout:?}:\n{}", self.output());
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} within {timeout:?}:\n{}",
+                self.output()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -103,7 +117,11 @@ impl Connector {
                 self.child = None;
                 return status;
             }
-            assert!(Instant::now() < deadline, "portcullis did not exit:\n{}", self.output());
+            assert!(
+                Instant::now() < deadline,
+                "portcullis did not exit:\n{}",
+                self.output()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -120,5 +138,8 @@ impl Drop for Connector {
 
 /// Runs the binary to completion (e.g. `audit verify`).
 pub fn run(args: &[&str]) -> std::process::Output {
-    Command::new(binary()).args(args).output().expect("run portcullis")
+    Command::new(binary())
+        .args(args)
+        .output()
+        .expect("run portcullis")
 }

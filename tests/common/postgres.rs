@@ -42,9 +42,15 @@ impl Postgres {
     /// Starts a server on a given 127.0.0.1 port.
     pub fn start_on(port: u16) -> Postgres {
         let bin = Path::new(PG_BIN);
-        assert!(bin.join("initdb").exists(), "PostgreSQL 15 not installed at {PG_BIN} (run scripts/setup)");
+        assert!(
+            bin.join("initdb").exists(),
+            "PostgreSQL 15 not installed at {PG_BIN} (run scripts/setup)"
+        );
         let as_postgres = id(&["-u"]) == Some(0);
-        let dir = tempfile::Builder::new().prefix("portcullis-pg-").tempdir().expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("portcullis-pg-")
+            .tempdir()
+            .expect("tempdir");
         if as_postgres {
             let uid = id(&["-u", "postgres"]).expect("postgres uid");
             let gid = id(&["-g", "postgres"]).expect("postgres gid");
@@ -70,7 +76,13 @@ impl Postgres {
             .status()
             .expect("pg_ctl start");
         assert!(status.success(), "pg_ctl start failed");
-        Postgres { url: format!("postgres://portcullis@127.0.0.1:{port}/postgres"), dir, data, as_postgres, port }
+        Postgres {
+            url: format!("postgres://portcullis@127.0.0.1:{port}/postgres"),
+            dir,
+            data,
+            as_postgres,
+            port,
+        }
     }
 
     /// Connections the server has seen, from its log (log_connections is on).

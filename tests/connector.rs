@@ -120,7 +120,6 @@ fn config(hs: &Headscale, dir: &std::path::Path, web: u16, db: u16, counted: u16
 control_url = "{url}"
 auth_key_env = "PORTCULLIS_AUTH_KEY"
 state_dir = "{state}"
-tags = ["tag:portcullis"]
 
 [groups]
 agents = ["tag:agent"]
@@ -251,8 +250,11 @@ async fn connector_serves_allowed_agents_refuses_others_and_audits_everything() 
         0,
         "a denied connection reached the backend"
     );
-    let (status, _) = http(&intruder, "web", "GET", "/echo", "").await;
-    assert_eq!(status, 0, "intruder must not get an HTTP answer");
+    let before = web_conns.load(Ordering::SeqCst);
+    let (status, body) = http(&intruder, "web", "GET", "/echo", "").await;
+    assert_eq!(status, 403, "an HTTP caller not on the allow list is told why: {body}");
+    assert!(body.contains("not_in_allow_list"), "{body}");
+    assert_eq!(web_conns.load(Ordering::SeqCst), before, "a denied HTTP caller reached the backend");
 
     // The allowed agent does reach it.
     let mut s = agent

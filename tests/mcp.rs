@@ -121,7 +121,6 @@ fn config(hs: &Headscale, dir: &Path, web: u16, upstream: u16, closed: u16) -> S
 control_url = "{url}"
 auth_key_env = "PORTCULLIS_AUTH_KEY"
 state_dir = "{state}"
-tags = ["tag:portcullis"]
 
 [groups]
 agents = ["tag:agent"]

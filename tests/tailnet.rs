@@ -292,3 +292,23 @@ async fn restart_with_same_state_dir_needs_no_key_and_dirs_are_exclusive() {
         "same node identity after restart"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn advertised_tags_reach_the_control_server() {
+    // headscale gives pre-auth-key nodes the key's tags and refuses tags a
+    // client requests itself, naming them: that refusal shows the node sent
+    // exactly the tags it was built with.
+    let hs = Headscale::start();
+    let admin = hs.create_user("admin");
+    let key = hs.auth_key(admin, &[]);
+    let err = common::node_builder(&hs, "tagged", &key)
+        .tags(["tag:ops", "tag:agent"])
+        .up_timeout(Duration::from_secs(20))
+        .start()
+        .await
+        .expect_err("headscale refuses client-requested tags with a pre-auth key");
+    assert!(err.to_string().contains("requested tags [tag:ops tag:agent]"), "{err}");
+    // And a malformed tag never leaves the process.
+    let err = common::node_builder(&hs, "badtag", &key).tags(["ops"]).start().await.expect_err("bad tag");
+    assert!(matches!(err, TailnetError::InvalidConfig { .. }), "{err}");
+}

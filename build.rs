@@ -22,6 +22,10 @@ fn main() {
     check_go_version(&go);
 
     let archive = out.join("libtsffi.a");
+    // ts_omit_peerapiserver: in userspace (netstack) mode tsnet's PeerAPI
+    // server opens a real TCP listener on every host interface. A connector
+    // serves nothing but its devices, so the PeerAPI is compiled out and the
+    // process listens on no host interface at all.
     let status = Command::new(&go)
         .current_dir(&src)
         .args([
@@ -29,7 +33,7 @@ fn main() {
             "-buildmode=c-archive",
             "-trimpath",
             "-tags",
-            "netgo,osusergo",
+            "netgo,osusergo,ts_omit_peerapiserver",
             "-o",
         ])
         .arg(&archive)

@@ -252,9 +252,16 @@ async fn connector_serves_allowed_agents_refuses_others_and_audits_everything() 
     );
     let before = web_conns.load(Ordering::SeqCst);
     let (status, body) = http(&intruder, "web", "GET", "/echo", "").await;
-    assert_eq!(status, 403, "an HTTP caller not on the allow list is told why: {body}");
+    assert_eq!(
+        status, 403,
+        "an HTTP caller not on the allow list is told why: {body}"
+    );
     assert!(body.contains("not_in_allow_list"), "{body}");
-    assert_eq!(web_conns.load(Ordering::SeqCst), before, "a denied HTTP caller reached the backend");
+    assert_eq!(
+        web_conns.load(Ordering::SeqCst),
+        before,
+        "a denied HTTP caller reached the backend"
+    );
 
     // The allowed agent does reach it.
     let mut s = agent

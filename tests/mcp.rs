@@ -178,13 +178,23 @@ allow = ["group:agents"]
 }
 
 fn run_agent(proxy: std::net::SocketAddr, url: &str, scenario: Value) -> Value {
-    let out = Command::new(python())
+    use std::io::Write;
+    let mut child = Command::new(python())
         .arg(script("mcp_agent.py"))
         .arg(url)
         .arg(format!("http://{proxy}"))
-        .arg(scenario.to_string())
-        .output()
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("run python agent");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(scenario.to_string().as_bytes())
+        .expect("scenario");
+    let out = child.wait_with_output().expect("python agent");
     assert!(
         out.status.success(),
         "python agent failed:\n{}\n{}",

@@ -307,8 +307,16 @@ async fn advertised_tags_reach_the_control_server() {
         .start()
         .await
         .expect_err("headscale refuses client-requested tags with a pre-auth key");
-    assert!(err.to_string().contains("requested tags [tag:ops tag:agent]"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("requested tags [tag:ops tag:agent]"),
+        "{err}"
+    );
     // And a malformed tag never leaves the process.
-    let err = common::node_builder(&hs, "badtag", &key).tags(["ops"]).start().await.expect_err("bad tag");
+    let err = common::node_builder(&hs, "badtag", &key)
+        .tags(["ops"])
+        .start()
+        .await
+        .expect_err("bad tag");
     assert!(matches!(err, TailnetError::InvalidConfig { .. }), "{err}");
 }

@@ -1,5 +1,5 @@
 //! Shared harness for integration tests: a real local tailnet on loopback.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 pub mod connector;
 pub mod headscale;

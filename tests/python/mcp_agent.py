@@ -1,8 +1,8 @@
 """An agent using the official Python MCP SDK over the tailnet (through a
-userspace tailscaled's HTTP proxy). Runs the calls given as JSON on argv[3]
+userspace tailscaled's HTTP proxy). Runs the calls given as JSON on stdin
 and prints one JSON report of what it saw; the Rust test asserts on it.
 
-usage: mcp_agent.py URL PROXY SCENARIO_JSON
+usage: mcp_agent.py URL PROXY < SCENARIO_JSON
 scenario: {"calls": [[tool, args], ...], "raw": [[content_type, body_text], ...]}
 """
 
@@ -51,4 +51,4 @@ async def main(url, proxy, scenario):
     print(json.dumps(report))
 
 
-asyncio.run(main(sys.argv[1], sys.argv[2], json.loads(sys.argv[3])))
+asyncio.run(main(sys.argv[1], sys.argv[2], json.load(sys.stdin)))

@@ -289,7 +289,7 @@ async fn draining_closes_an_idle_keep_alive_connection_at_once() {
 }
 
 #[tokio::test]
-async fn plan_pins_targets_skips_mcp_endpoints_and_refuses_tls() {
+async fn plan_pins_every_target_makes_no_device_for_mcp_and_refuses_tls() {
     let plan = super::Plan::prepare(&config(
         r#"
 [[endpoint]]
@@ -308,7 +308,10 @@ target = "127.0.0.1:8001"
     assert_eq!(plan.hostnames(), vec!["web"]);
     assert_eq!(
         plan.pinned_json(),
-        serde_json::json!({"web": {"target": "127.0.0.1:8080", "addrs": ["127.0.0.1:8080"]}})
+        serde_json::json!({
+            "tickets": {"target": "127.0.0.1:8001", "addrs": ["127.0.0.1:8001"]},
+            "web": {"target": "127.0.0.1:8080", "addrs": ["127.0.0.1:8080"]},
+        })
     );
 
     let err = super::Plan::prepare(&config(

@@ -14,7 +14,6 @@
 //!
 //! Run: `cargo bench --bench devices` (prints a table; figures, not asserts).
 
-#[allow(unused_imports)] // shared harness; not every re-export is used here
 #[path = "../tests/common/mod.rs"]
 mod common;
 

@@ -204,7 +204,7 @@ fn run_agent(proxy: std::net::SocketAddr, url: &str, scenario: Value) -> Value {
     serde_json::from_slice(&out.stdout).expect("agent report")
 }
 
-fn call<'a>(report: &'a Value, i: usize) -> &'a Value {
+fn call(report: &Value, i: usize) -> &Value {
     &report["calls"][i]
 }
 

@@ -77,13 +77,17 @@ impl Headscale {
 
     /// Starts headscale with the given HuJSON policy.
     pub fn start_with_policy(policy: &str) -> Headscale {
+        Self::start_on(free_port(), policy)
+    }
+
+    /// Starts headscale on a given 127.0.0.1 port.
+    pub fn start_on(port: u16, policy: &str) -> Headscale {
         let bin = tools::headscale();
         let dir = tempfile::Builder::new()
             .prefix("portcullis-hs-")
             .tempdir()
             .expect("tempdir");
         let d = dir.path();
-        let port = free_port();
         let url = format!("http://127.0.0.1:{port}");
         std::fs::write(d.join("policy.hujson"), policy).expect("write policy");
         let config = d.join("config.yaml");

@@ -273,12 +273,10 @@ async fn connector_serves_allowed_agents_refuses_others_and_audits_everything() 
     assert_eq!(line, "hello from backend\n");
     assert_eq!(counted_conns.load(Ordering::SeqCst), 1);
 
-    // Whatever is not in the file does not exist on the tailnet.
-    let err = agent
-        .dial("secret-db:5432", Duration::from_secs(5))
-        .await
-        .expect_err("not in the file");
-    assert!(err.to_string().contains("secret-db"), "{err}");
+    // Whatever is not in the file does not exist on the tailnet: the control
+    // server knows exactly the file's devices and the two agents. (Names are
+    // not dialed here: an unknown name would fall through to the host's
+    // resolver, off loopback.)
     let nodes = hs.cli(&["nodes", "list"]);
     let mut names: Vec<String> = nodes
         .as_array()

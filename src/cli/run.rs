@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use portcullis::audit::{AuditLog, Record, WriterTask};
-use portcullis::config::{self, Config};
+use portcullis::config::Config;
 use portcullis::devices::{self, Connector, Options, Plan};
 use portcullis::mcp;
 use portcullis::policy::Policy;
@@ -51,12 +51,9 @@ pub struct RunArgs {
 /// Runs the connector until a stop signal; exit code 2 for an invalid
 /// endpoint file, 0 after an orderly stop with every record written.
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let config = match config::load(&args.config) {
+    let config = match super::load_config(&args.config, "endpoint file") {
         Ok(config) => config,
-        Err(e) => {
-            eprintln!("{e}");
-            return Ok(ExitCode::from(2));
-        }
+        Err(e) => return Ok(super::report_error(&e)),
     };
     apply_knobs(std::env::var(KNOBS_ENV).ok().as_deref())?;
     let auth_key = config

@@ -10,7 +10,8 @@
 //! General pieces (they import nothing below the line):
 //!
 //! - [`identity`]: [`identity::Caller`], who is calling, as WhoIs says.
-//! - [`tailnet`]: embedded tsnet nodes over FFI; the only `unsafe` code.
+//! - [`tailnet`]: embedded tsnet nodes over FFI; the only module allowed
+//!   unchecked (FFI) code.
 //! - [`config`]: `endpoints.toml`: parse, validate with file:line:col and
 //!   field paths, fingerprint.
 //! - [`policy`]: `decide(policy, caller, action)`; pure, deny by default.

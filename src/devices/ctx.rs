@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 
@@ -16,15 +15,9 @@ use crate::audit::{self, AuditGuard, AuditLog, Record};
 use crate::backend::Pinned;
 use crate::config::Endpoint;
 use crate::identity::Caller;
-use crate::policy::{self, Action, Decision, Policy};
+use crate::policy::{self, Action, Decision};
 
-/// The policy in force, swappable by a reload without stopping devices.
-pub type SharedPolicy = Arc<ArcSwap<Policy>>;
-
-/// Wraps `policy` for sharing between devices and a reloader.
-pub fn shared_policy(policy: Policy) -> SharedPolicy {
-    Arc::new(ArcSwap::from_pointee(policy))
-}
+pub use crate::policy::{SharedPolicy, shared_policy};
 
 /// Where the connector is in its life; handlers watch it to wind down.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

@@ -67,7 +67,6 @@ use crate::audit::AuditLog;
 use crate::backend::Pinned;
 use crate::config::{Config, Endpoint, RateLimits};
 use crate::identity::Caller;
-use crate::policy::Policy;
 
 pub use crate::policy::HTTP_REQUEST_TOOL;
 pub use error::{Fault, McpError, Surface};
@@ -81,9 +80,7 @@ pub const LIST_ENDPOINTS_TOOL: &str = "list_endpoints";
 /// Separates endpoint and upstream tool in federated tool names.
 pub const NAMESPACE_SEPARATOR: &str = "__";
 
-/// The policy in force, swappable on reload without restarting sessions:
-/// every decision loads the current value.
-pub type SharedPolicy = Arc<ArcSwap<Policy>>;
+pub use crate::policy::SharedPolicy;
 
 /// The MCP device's own settings from `[mcp]`.
 #[derive(Debug, Clone)]

@@ -30,6 +30,15 @@ use crate::identity::Caller;
 use capability::Grants;
 pub use reason::Reason;
 
+/// The policy in force, shared by devices and the MCP endpoint and
+/// swappable by a reload: every decision loads the current value.
+pub type SharedPolicy = std::sync::Arc<arc_swap::ArcSwap<Policy>>;
+
+/// Wraps `policy` for sharing between devices, the MCP endpoint and a reloader.
+pub fn shared_policy(policy: Policy) -> SharedPolicy {
+    std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(policy))
+}
+
 /// The built-in MCP tool that sends one HTTP request to an `http` endpoint.
 pub const HTTP_REQUEST_TOOL: &str = "http_request";
 

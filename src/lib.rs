@@ -53,6 +53,7 @@ pub mod devices;
 pub mod identity;
 pub mod inspect;
 pub mod mcp;
+pub mod metrics;
 pub mod policy;
 pub mod review;
 pub mod tailnet;

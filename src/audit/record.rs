@@ -27,6 +27,9 @@ pub enum Kind {
     ConnectionClose,
     /// A tailnet connection was refused by policy or because of an error.
     ConnectionDenied,
+    /// An open connection was closed because a reloaded file no longer
+    /// allows it.
+    ConnectionRevoked,
     /// One HTTP request on an HTTP endpoint.
     HttpRequest,
     /// An MCP `initialize` handshake.
@@ -49,12 +52,13 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind, in declaration order.
-    pub const ALL: [Kind; 14] = [
+    pub const ALL: [Kind; 15] = [
         Kind::Startup,
         Kind::Shutdown,
         Kind::ConnectionOpen,
         Kind::ConnectionClose,
         Kind::ConnectionDenied,
+        Kind::ConnectionRevoked,
         Kind::HttpRequest,
         Kind::McpInitialize,
         Kind::McpListTools,
@@ -74,6 +78,7 @@ impl Kind {
             Kind::ConnectionOpen => "connection_open",
             Kind::ConnectionClose => "connection_close",
             Kind::ConnectionDenied => "connection_denied",
+            Kind::ConnectionRevoked => "connection_revoked",
             Kind::HttpRequest => "http_request",
             Kind::McpInitialize => "mcp_initialize",
             Kind::McpListTools => "mcp_list_tools",

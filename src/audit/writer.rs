@@ -48,6 +48,8 @@ struct Shared {
     /// Wakes an idle writer so that drops are recorded without waiting for
     /// the next record.
     drop_notify: Notify,
+    /// Metrics derived from every record enqueued.
+    stats: crate::metrics::RecordStats,
 }
 
 /// A handle to the audit log of one connector. Clone it freely: every clone
@@ -93,6 +95,7 @@ impl AuditLog {
             dropped_total: AtomicU64::new(0),
             written_total: AtomicU64::new(0),
             drop_notify: Notify::new(),
+            stats: crate::metrics::RecordStats::default(),
         });
         let writer = Writer {
             store,
@@ -138,6 +141,7 @@ impl AuditLog {
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
             record.fingerprint.clone_from(&current);
         }
+        self.shared.stats.observe(&record);
         if self.tx.try_send(Msg::Record(Box::new(record))).is_err() {
             self.shared.pending_drops.fetch_add(1, Ordering::Relaxed);
             self.shared.dropped_total.fetch_add(1, Ordering::Relaxed);
@@ -167,6 +171,20 @@ impl AuditLog {
             .await
             .map_err(|_| AuditError::Closed)?;
         wait.await.map_err(|_| AuditError::Closed)?
+    }
+
+    /// Counters derived from every record enqueued, for metrics.
+    pub fn stats(&self) -> &crate::metrics::RecordStats {
+        &self.shared.stats
+    }
+
+    /// The fingerprint stamped on records that carry none.
+    pub fn fingerprint(&self) -> String {
+        self.shared
+            .fingerprint
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
     }
 
     /// Records waiting in the queue.

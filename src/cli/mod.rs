@@ -4,6 +4,7 @@
 
 pub mod audit;
 pub mod check;
+mod reload;
 pub mod review;
 pub mod run;
 pub mod version;

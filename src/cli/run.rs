@@ -23,9 +23,12 @@ use portcullis::audit::{AuditLog, Record, WriterTask};
 use portcullis::config::Config;
 use portcullis::devices::{self, Connector, Options, Plan};
 use portcullis::mcp;
+use portcullis::metrics;
 use portcullis::policy::Policy;
 use portcullis::tailnet;
 use std::sync::Arc;
+
+use super::reload::{Reloader, Trigger};
 
 /// Environment variable with comma-separated `NAME=VALUE` tailnet knobs.
 const KNOBS_ENV: &str = "PORTCULLIS_TS_KNOBS";
@@ -43,9 +46,13 @@ pub struct RunArgs {
     /// Connector name in the audit log (default: hostname)
     #[arg(long)]
     pub connector: Option<String>,
-    /// Seconds to drain on SIGTERM
+    /// Seconds to drain on SIGTERM (and for devices a reload removes)
     #[arg(long, default_value_t = 10)]
     pub drain_timeout: u64,
+    /// Seconds between checks of the endpoint file for changes (0: reload
+    /// only on SIGHUP)
+    #[arg(long, default_value_t = 2)]
+    pub watch_interval: u64,
 }
 
 /// Runs the connector until a stop signal; exit code 2 for an invalid
@@ -71,11 +78,18 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     let policy = devices::shared_policy(Policy::from_config(&config));
     let pinned = plan.pinned().clone();
+    let mut mcp_state = None;
     let started = async {
-        let mut connector =
-            Connector::start(plan, &auth_key, policy.clone(), audit.clone(), options).await?;
+        let mut connector = Connector::start(
+            plan.clone(),
+            &auth_key,
+            policy.clone(),
+            audit.clone(),
+            options,
+        )
+        .await?;
         if let Some(device) = &config.mcp {
-            let (config, audit) = (&config, audit.clone());
+            let (config, audit, mcp_state) = (&config, audit.clone(), &mut mcp_state);
             connector
                 .add_service(&device.hostname, &[device.port], move |info| {
                     let mut hosts = info.names.clone();
@@ -83,6 +97,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                     let state = mcp::McpState::new(config, policy, pinned, audit, hosts)
                         .map_err(|e| e.to_string())?;
                     state.start_federation();
+                    *mcp_state = Some(Arc::clone(&state));
                     Ok(Arc::new(McpService(state)) as Arc<dyn devices::Service>)
                 })
                 .await?;
@@ -100,42 +115,71 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
     };
     eprintln!(
-        "serving {} ({}), fingerprint {}; stop with SIGTERM or Ctrl-C",
+        "serving {} ({}), fingerprint {}; reload with SIGHUP, stop with SIGTERM or Ctrl-C",
         config.file_name,
         audit.connector(),
         config.fingerprint
     );
 
-    serve_until_stopped(
-        connector,
-        audit,
-        writer,
-        Duration::from_secs(args.drain_timeout),
-    )
-    .await
+    if let Some(state) = &mcp_state {
+        let (board, audit) = (connector.status_board(), audit.clone());
+        state.set_metrics(Box::new(move |upstreams| {
+            metrics::render(&metrics::Snapshot {
+                audit: &audit,
+                devices: &board.snapshot(),
+                upstreams,
+                fingerprint: &audit.fingerprint(),
+            })
+        }));
+    }
+    let drain = Duration::from_secs(args.drain_timeout);
+    let reloader = Reloader::new(&args.config, config, &plan, mcp_state, audit.clone(), drain);
+    let watch = Duration::from_secs(args.watch_interval);
+    serve_until_stopped(connector, reloader, watch, audit, writer, drain).await
 }
 
-/// Waits for a stop signal (or a failed audit writer), then drains and
-/// flushes.
+/// Serves, reloading on SIGHUP or a changed file, until a stop signal (or
+/// a failed audit writer); then drains and flushes.
 async fn serve_until_stopped(
-    connector: Connector,
+    mut connector: Connector,
+    mut reloader: Reloader,
+    watch: Duration,
     audit: AuditLog,
     mut writer: WriterTask,
     drain: Duration,
 ) -> anyhow::Result<ExitCode> {
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("installing the SIGTERM handler")?;
-    tokio::select! {
-        _ = terminate.recv() => eprintln!("SIGTERM: stopping"),
-        _ = tokio::signal::ctrl_c() => eprintln!("SIGINT: stopping"),
-        ended = &mut writer => {
-            // Serving without an audit trail is not allowed: stop at once.
-            connector.shutdown(Duration::ZERO).await;
-            return match ended {
-                Ok(Ok(())) => Err(anyhow::anyhow!("the audit writer stopped unexpectedly")),
-                Ok(Err(e)) => Err(e).context("audit writer failed; devices stopped"),
-                Err(e) => Err(e).context("audit writer panicked; devices stopped"),
-            };
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate =
+        signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let mut poll = (!watch.is_zero()).then(|| {
+        let mut poll = tokio::time::interval(watch);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        poll
+    });
+    loop {
+        tokio::select! {
+            _ = terminate.recv() => { eprintln!("SIGTERM: stopping"); break; }
+            _ = tokio::signal::ctrl_c() => { eprintln!("SIGINT: stopping"); break; }
+            _ = hangup.recv() => {
+                eprintln!("SIGHUP: reloading");
+                reloader.reload(&mut connector, Trigger::Signal).await;
+            }
+            _ = async { poll.as_mut().expect("guarded").tick().await }, if poll.is_some() => {
+                if reloader.file_changed() {
+                    eprintln!("endpoint file changed: reloading");
+                    reloader.reload(&mut connector, Trigger::FileChanged).await;
+                }
+            }
+            ended = &mut writer => {
+                // Serving without an audit trail is not allowed: stop at once.
+                connector.shutdown(Duration::ZERO).await;
+                return match ended {
+                    Ok(Ok(())) => Err(anyhow::anyhow!("the audit writer stopped unexpectedly")),
+                    Ok(Err(e)) => Err(e).context("audit writer failed; devices stopped"),
+                    Err(e) => Err(e).context("audit writer panicked; devices stopped"),
+                };
+            }
         }
     }
     eprintln!("draining connections for up to {}s", drain.as_secs());
@@ -198,6 +242,14 @@ impl devices::Service for McpService {
         _port: u16,
     ) -> devices::BoxFuture<()> {
         Box::pin(mcp::serve_connection(self.0.clone(), io, caller))
+    }
+
+    fn recheck(
+        &self,
+        caller: &portcullis::identity::Caller,
+        _port: u16,
+    ) -> Option<portcullis::policy::Decision> {
+        Some(self.0.recheck(caller))
     }
 }
 

@@ -69,7 +69,7 @@ impl Config {
 }
 
 /// The `[tailnet]` section.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Tailnet {
     /// Control server URL (Tailscale or headscale).
     pub control_url: String,

@@ -1,23 +1,26 @@
 //! The devices runtime: one tailnet node per endpoint, accept loops, a
 //! connection cap per device, and an orderly drain.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use serde::Serialize;
 use tokio::net::UnixStream;
 use tokio::sync::{Semaphore, mpsc, watch};
-use tokio::task::JoinSet;
+use tokio::task::{AbortHandle, JoinSet};
 use tracing::Instrument;
 
-use super::ctx::{DeviceCtx, Phase, SharedPolicy, reached};
+use super::ctx::{DeviceCtx, Phase, SharedPolicy, reached, set_reason};
+use super::registry::Registry;
 use super::{DeviceError, Service, serve_http, serve_tcp};
 use crate::audit::{AuditLog, Kind as RecordKind, Record};
 use crate::backend::{self, Pinned};
 use crate::config::{Config, Endpoint, Kind, Tailnet};
+use crate::policy::{self, Action};
 use crate::tailnet::{Listener, Node, NodeBuilder, TailnetError};
 
 /// How long handlers get to write their records after the drain deadline
@@ -63,6 +66,16 @@ impl Plan {
     /// Pins the target of every `tcp` and `http` endpoint (names resolve
     /// here, once) and refuses settings this connector cannot honor.
     pub async fn prepare(config: &Config) -> Result<Plan, DeviceError> {
+        Plan::prepare_reusing(config, &HashMap::new()).await
+    }
+
+    /// Like [`prepare`](Self::prepare), but an endpoint whose target is
+    /// unchanged keeps its pinned addresses from `previous` (a reload does
+    /// not re-resolve names it already pinned).
+    pub async fn prepare_reusing(
+        config: &Config,
+        previous: &HashMap<String, Pinned>,
+    ) -> Result<Plan, DeviceError> {
         let mut devices = Vec::new();
         let mut all = HashMap::new();
         for endpoint in &config.endpoints {
@@ -73,12 +86,15 @@ impl Plan {
                 });
             }
             let pinned =
-                backend::pin(&endpoint.target)
-                    .await
-                    .map_err(|cause| DeviceError::Backend {
-                        endpoint: endpoint.name.clone(),
-                        cause,
-                    })?;
+                match previous.get(&endpoint.name) {
+                    Some(p) if p.target == endpoint.target => p.clone(),
+                    _ => backend::pin(&endpoint.target).await.map_err(|cause| {
+                        DeviceError::Backend {
+                            endpoint: endpoint.name.clone(),
+                            cause,
+                        }
+                    })?,
+                };
             tracing::info!(endpoint = %endpoint.name, target = %endpoint.target, addrs = ?pinned.addrs, "target pinned");
             all.insert(endpoint.name.clone(), pinned.clone());
             // An `mcp` upstream is reached only through the MCP device, whose
@@ -92,6 +108,16 @@ impl Plan {
             devices,
             pinned: all,
         })
+    }
+
+    /// The `[tailnet]` section the plan was made for.
+    pub fn tailnet(&self) -> &Tailnet {
+        &self.tailnet
+    }
+
+    /// The planned endpoint devices with their pinned targets.
+    pub(super) fn into_devices(self) -> Vec<(Endpoint, Pinned)> {
+        self.devices
     }
 
     /// Every endpoint's pinned target by endpoint name.
@@ -189,27 +215,46 @@ enum Handler {
 }
 
 /// What every connection task of one device shares.
-struct Device {
-    hostname: String,
-    endpoint: Option<String>,
+pub(super) struct Device {
+    pub(super) hostname: String,
+    pub(super) endpoint: Option<String>,
     node: Node,
-    handler: Handler,
+    /// Swapped by a reload that changes the endpoint's settings; each
+    /// connection keeps the handler it was accepted with.
+    handler: ArcSwap<Handler>,
     audit: AuditLog,
     phase: watch::Receiver<Phase>,
+    open: Arc<Registry>,
+    accepted: AtomicU64,
+}
+
+/// One running device: its shared state and what stops it.
+struct Running {
+    info: DeviceInfo,
+    /// The endpoint it serves as last applied (`None` for a service).
+    endpoint: Option<Endpoint>,
+    device: Arc<Device>,
+    /// One accept loop per port; aborting one drops its listener.
+    accepting: HashMap<u16, AbortHandle>,
+    limit: Arc<Semaphore>,
+    phase: watch::Sender<Phase>,
 }
 
 /// Running devices: one tailnet node each, accepting until
 /// [`shutdown`](Connector::shutdown).
 pub struct Connector {
-    tailnet: Tailnet,
+    pub(super) tailnet: Tailnet,
     auth_key: String,
     options: Options,
-    audit: AuditLog,
-    phase: watch::Sender<Phase>,
-    devices: Vec<DeviceInfo>,
-    nodes: Vec<Node>,
-    /// Accept loops; aborting one drops its listener.
-    accepting: JoinSet<()>,
+    pub(super) audit: AuditLog,
+    pub(super) policy: SharedPolicy,
+    /// Running devices by hostname.
+    running: BTreeMap<String, Running>,
+    /// Devices removed by a reload, draining in the background.
+    retiring: JoinSet<()>,
+    tasks: JoinSet<()>,
+    pub(super) open: Arc<Registry>,
+    board: StatusBoard,
     /// Held by every connection task; the channel closes when the last one
     /// ends, which is how the drain knows it is done.
     in_flight: mpsc::Sender<()>,
@@ -220,7 +265,7 @@ pub struct Connector {
 impl std::fmt::Debug for Connector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Connector")
-            .field("devices", &self.devices)
+            .field("devices", &self.devices())
             .field("active", &self.active_connections())
             .finish_non_exhaustive()
     }
@@ -231,6 +276,21 @@ impl std::fmt::Debug for Connector {
 pub struct ShutdownReport {
     /// Connections still open at the deadline, cut off.
     pub cut: usize,
+}
+
+/// Per-device figures for metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceStatus {
+    /// Tailnet hostname.
+    pub hostname: String,
+    /// What it does with connections.
+    pub kind: DeviceKind,
+    /// Whether it accepts new connections (false while draining).
+    pub accepting: bool,
+    /// Connections open right now.
+    pub open: usize,
+    /// Connections accepted since it started.
+    pub accepted: u64,
 }
 
 impl Connector {
@@ -244,17 +304,22 @@ impl Connector {
         audit: AuditLog,
         options: Options,
     ) -> Result<Connector, DeviceError> {
-        let (phase, _) = watch::channel(Phase::Running);
         let (in_flight, in_flight_done) = mpsc::channel(1);
+        let open = Arc::new(Registry::default());
         let mut connector = Connector {
             tailnet: plan.tailnet.clone(),
             auth_key: auth_key.to_owned(),
             options,
             audit,
-            phase,
-            devices: Vec::new(),
-            nodes: Vec::new(),
-            accepting: JoinSet::new(),
+            policy,
+            running: BTreeMap::new(),
+            retiring: JoinSet::new(),
+            tasks: JoinSet::new(),
+            open: Arc::clone(&open),
+            board: StatusBoard {
+                devices: Arc::default(),
+                open,
+            },
             in_flight,
             in_flight_done,
             active: Arc::new(AtomicUsize::new(0)),
@@ -272,58 +337,13 @@ impl Connector {
 
         let began = Instant::now();
         connector.progress(format_args!("starting {} devices...", plan.devices.len()));
-        let mut starting = JoinSet::new();
-        for (i, (endpoint, _)) in plan.devices.iter().enumerate() {
-            let start = connector.start_node(&endpoint.hostname, endpoint.ports.clone());
-            starting.spawn(async move { (i, start.await) });
-        }
-        let mut started: Vec<Option<(Node, Vec<Listener>)>> =
-            plan.devices.iter().map(|_| None).collect();
-        while let Some(joined) = starting.join_next().await {
-            let result = match joined {
-                Ok((i, Ok(up))) => {
-                    connector.progress(format_args!("  {}", info_of(&plan.devices[i].0, &up.0)));
-                    started[i] = Some(up);
-                    continue;
-                }
-                Ok((_, Err(e))) => e,
-                Err(join) => DeviceError::Start {
-                    hostname: "(unknown)".to_owned(),
-                    cause: TailnetError::Worker {
-                        hostname: String::new(),
-                        op: "start".to_owned(),
-                        message: join.to_string(),
-                    },
-                },
-            };
-            // Dropping the other start futures closes their nodes.
-            starting.abort_all();
-            let nodes = started.into_iter().flatten().map(|(node, _)| node);
-            close_nodes(nodes).await;
-            return Err(result);
-        }
-
-        for ((endpoint, pinned), up) in plan.devices.into_iter().zip(started) {
-            let Some((node, listeners)) = up else {
-                continue;
-            };
-            let info = info_of(&endpoint, &node);
-            let ctx = DeviceCtx::new(
-                endpoint,
-                pinned,
-                Arc::clone(&policy),
-                connector.audit.clone(),
-            )
-            .with_phase(connector.phase.subscribe());
-            let handler = match info.kind {
-                DeviceKind::Http => Handler::Http(ctx),
-                _ => Handler::Tcp(ctx),
-            };
-            connector.serve(info, node, listeners, handler);
+        let started = connector.start_nodes(&plan.devices).await?;
+        for ((endpoint, pinned), (node, listeners)) in plan.devices.into_iter().zip(started) {
+            connector.serve_endpoint(endpoint, pinned, node, listeners);
         }
         connector.progress(format_args!(
             "{} devices up in {:.1}s",
-            connector.devices.len(),
+            connector.running.len(),
             began.elapsed().as_secs_f64()
         ));
         Ok(connector)
@@ -343,7 +363,7 @@ impl Connector {
     where
         F: FnOnce(&DeviceInfo) -> Result<Arc<dyn Service>, String>,
     {
-        if self.devices.iter().any(|d| d.hostname == hostname) {
+        if self.running.contains_key(hostname) {
             return Err(DeviceError::DuplicateDevice {
                 hostname: hostname.to_owned(),
             });
@@ -378,9 +398,15 @@ impl Connector {
         Ok(())
     }
 
-    /// The running devices.
-    pub fn devices(&self) -> &[DeviceInfo] {
-        &self.devices
+    /// The running devices, by hostname.
+    pub fn devices(&self) -> Vec<DeviceInfo> {
+        self.running.values().map(|r| r.info.clone()).collect()
+    }
+
+    /// A live view of the devices' figures, for metrics; it follows
+    /// reloads.
+    pub fn status_board(&self) -> StatusBoard {
+        self.board.clone()
     }
 
     /// Connections being served right now, across devices.
@@ -392,15 +418,19 @@ impl Connector {
     /// until `deadline` (HTTP connections close after their current
     /// request), cuts the rest, then closes every node.
     pub async fn shutdown(mut self, deadline: Duration) -> ShutdownReport {
-        self.phase.send_replace(Phase::Draining);
-        self.accepting.abort_all();
-        while self.accepting.join_next().await.is_some() {}
+        for running in self.running.values() {
+            running.phase.send_replace(Phase::Draining);
+            for accept in running.accepting.values() {
+                accept.abort();
+            }
+        }
+        while self.tasks.join_next().await.is_some() {}
         let Connector {
             in_flight,
             mut in_flight_done,
-            nodes,
-            phase,
+            running,
             active,
+            mut retiring,
             ..
         } = self;
         drop(in_flight);
@@ -415,17 +445,60 @@ impl Connector {
         {
             cut = active.load(Ordering::Relaxed);
             tracing::warn!(cut, "drain deadline passed; cutting open connections");
-            phase.send_replace(Phase::Stopped);
+            for r in running.values() {
+                r.phase.send_replace(Phase::Stopped);
+            }
             let _ = tokio::time::timeout(STOP_GRACE, in_flight_done.recv()).await;
         }
-        close_nodes(nodes).await;
+        // Devices retired by a reload have cut their connections by now.
+        while retiring.join_next().await.is_some() {}
+        close_nodes(running.into_values().map(|r| r.device.node.clone())).await;
         ShutdownReport { cut }
     }
 
-    fn progress(&self, line: std::fmt::Arguments<'_>) {
+    pub(super) fn progress(&self, line: std::fmt::Arguments<'_>) {
         if self.options.progress {
             eprintln!("{line}");
         }
+    }
+
+    /// Starts the nodes of `devices` in parallel. On any failure the nodes
+    /// already up are closed and the first error is returned.
+    pub(super) async fn start_nodes(
+        &self,
+        devices: &[(Endpoint, Pinned)],
+    ) -> Result<Vec<(Node, Vec<Listener>)>, DeviceError> {
+        let mut starting = JoinSet::new();
+        for (i, (endpoint, _)) in devices.iter().enumerate() {
+            let start = self.start_node(&endpoint.hostname, endpoint.ports.clone());
+            starting.spawn(async move { (i, start.await) });
+        }
+        let mut started: Vec<Option<(Node, Vec<Listener>)>> =
+            devices.iter().map(|_| None).collect();
+        while let Some(joined) = starting.join_next().await {
+            let result = match joined {
+                Ok((i, Ok(up))) => {
+                    self.progress(format_args!("  {}", info_of(&devices[i].0, &up.0)));
+                    started[i] = Some(up);
+                    continue;
+                }
+                Ok((_, Err(e))) => e,
+                Err(join) => DeviceError::Start {
+                    hostname: "(unknown)".to_owned(),
+                    cause: TailnetError::Worker {
+                        hostname: String::new(),
+                        op: "start".to_owned(),
+                        message: join.to_string(),
+                    },
+                },
+            };
+            // Dropping the other start futures closes their nodes.
+            starting.abort_all();
+            let nodes = started.into_iter().flatten().map(|(node, _)| node);
+            close_nodes(nodes).await;
+            return Err(result);
+        }
+        Ok(started.into_iter().flatten().collect())
     }
 
     /// A future that starts a node for `hostname` and listens on `ports`;
@@ -457,37 +530,305 @@ impl Connector {
         }
     }
 
-    /// Spawns the accept loops of a started device.
+    /// The handler of an endpoint device.
+    fn endpoint_handler(
+        &self,
+        endpoint: Endpoint,
+        pinned: Pinned,
+        phase: watch::Receiver<Phase>,
+    ) -> Handler {
+        let http = endpoint.kind == Kind::Http;
+        let ctx = DeviceCtx::new(
+            endpoint,
+            pinned,
+            Arc::clone(&self.policy),
+            self.audit.clone(),
+        )
+        .with_phase(phase);
+        if http {
+            Handler::Http(ctx)
+        } else {
+            Handler::Tcp(ctx)
+        }
+    }
+
+    /// Serves a started endpoint device; returns its summary.
+    pub(super) fn serve_endpoint(
+        &mut self,
+        endpoint: Endpoint,
+        pinned: Pinned,
+        node: Node,
+        listeners: Vec<Listener>,
+    ) -> DeviceInfo {
+        let info = info_of(&endpoint, &node);
+        // The handler follows the device's phase.
+        let (phase, phase_rx) = watch::channel(Phase::Running);
+        let handler = self.endpoint_handler(endpoint.clone(), pinned, phase_rx);
+        self.serve_with_phase(
+            info.clone(),
+            Some(endpoint),
+            node,
+            listeners,
+            handler,
+            phase,
+        );
+        info
+    }
+
+    /// Spawns the accept loops of a started service device.
     fn serve(&mut self, info: DeviceInfo, node: Node, listeners: Vec<Listener>, handler: Handler) {
+        let (phase, _) = watch::channel(Phase::Running);
+        self.serve_with_phase(info, None, node, listeners, handler, phase);
+    }
+
+    fn serve_with_phase(
+        &mut self,
+        info: DeviceInfo,
+        endpoint: Option<Endpoint>,
+        node: Node,
+        listeners: Vec<Listener>,
+        handler: Handler,
+        phase: watch::Sender<Phase>,
+    ) {
         let device = Arc::new(Device {
             hostname: info.hostname.clone(),
             endpoint: info.endpoint.clone(),
-            node: node.clone(),
-            handler,
+            node,
+            handler: ArcSwap::from_pointee(handler),
             audit: self.audit.clone(),
-            phase: self.phase.subscribe(),
+            phase: phase.subscribe(),
+            open: Arc::clone(&self.open),
+            accepted: AtomicU64::new(0),
         });
-        let limit = Arc::new(Semaphore::new(self.options.max_connections.max(1)));
+        let mut running = Running {
+            info,
+            endpoint,
+            device,
+            accepting: HashMap::new(),
+            limit: Arc::new(Semaphore::new(self.options.max_connections.max(1))),
+            phase,
+        };
         for listener in listeners {
-            let span =
-                tracing::info_span!("device", device = %info.hostname, port = listener.port());
-            self.accepting.spawn(
-                accept_loop(
-                    listener,
-                    Arc::clone(&device),
-                    Arc::clone(&limit),
-                    self.in_flight.clone(),
-                    Arc::clone(&self.active),
-                )
-                .instrument(span),
-            );
+            self.accept_on(&mut running, listener);
         }
-        self.nodes.push(node);
-        self.devices.push(info);
+        self.board.insert(&running);
+        self.running.insert(running.info.hostname.clone(), running);
+    }
+
+    /// Spawns the accept loop of one more listener of a running device.
+    fn accept_on(&mut self, running: &mut Running, listener: Listener) {
+        let port = listener.port();
+        let span = tracing::info_span!("device", device = %running.info.hostname, port);
+        let handle = self.tasks.spawn(
+            accept_loop(
+                listener,
+                Arc::clone(&running.device),
+                Arc::clone(&running.limit),
+                self.in_flight.clone(),
+                Arc::clone(&self.active),
+            )
+            .instrument(span),
+        );
+        running.accepting.insert(port, handle);
+    }
+
+    /// Applies a reloaded endpoint's settings to its running device: new
+    /// connections use them, new ports are served from `listeners`, ports
+    /// no longer listed stop accepting. False if nothing changed.
+    pub(super) fn update_device(
+        &mut self,
+        endpoint: &Endpoint,
+        pinned: Pinned,
+        listeners: Vec<Listener>,
+    ) -> bool {
+        let Some(mut running) = self.running.remove(&endpoint.hostname) else {
+            return false;
+        };
+        let same = |a: &Endpoint, b: &Endpoint| {
+            serde_json::to_value(a).ok() == serde_json::to_value(b).ok()
+        };
+        if running
+            .endpoint
+            .as_ref()
+            .is_some_and(|old| same(old, endpoint))
+        {
+            self.running.insert(endpoint.hostname.clone(), running);
+            return false;
+        }
+        let handler = self.endpoint_handler(endpoint.clone(), pinned, running.phase.subscribe());
+        running.device.handler.store(Arc::new(handler));
+        running.accepting.retain(|port, accept| {
+            let keep = endpoint.ports.contains(port);
+            if !keep {
+                accept.abort();
+            }
+            keep
+        });
+        for listener in listeners {
+            self.accept_on(&mut running, listener);
+        }
+        running.info = info_of_parts(endpoint, running.info.ips.clone());
+        running.endpoint = Some(endpoint.clone());
+        self.board.insert(&running);
+        self.running.insert(endpoint.hostname.clone(), running);
+        true
+    }
+
+    /// Listens on the ports of `endpoint` its running device does not
+    /// listen on yet.
+    pub(super) async fn listen_new_ports(
+        &self,
+        endpoint: &Endpoint,
+    ) -> Result<Vec<Listener>, DeviceError> {
+        let Some(running) = self.running.get(&endpoint.hostname) else {
+            return Ok(Vec::new());
+        };
+        let mut listeners = Vec::new();
+        for port in &endpoint.ports {
+            if !running.accepting.contains_key(port) {
+                let listener = running.device.node.listen(*port).await.map_err(|cause| {
+                    DeviceError::Start {
+                        hostname: endpoint.hostname.clone(),
+                        cause,
+                    }
+                })?;
+                listeners.push(listener);
+            }
+        }
+        Ok(listeners)
+    }
+
+    /// Hostnames of the running endpoint devices (not plugged-in services).
+    pub(super) fn endpoint_devices(&self) -> Vec<String> {
+        self.running
+            .values()
+            .filter(|r| r.info.endpoint.is_some())
+            .map(|r| r.info.hostname.clone())
+            .collect()
+    }
+
+    /// Stops `hostname` accepting and drains it in the background: open
+    /// connections get `deadline` to finish, then are cut, then its node
+    /// closes.
+    pub(super) fn retire(&mut self, hostname: &str, deadline: Duration) {
+        let Some(running) = self.running.remove(hostname) else {
+            return;
+        };
+        running.phase.send_replace(Phase::Draining);
+        for accept in running.accepting.values() {
+            accept.abort();
+        }
+        let open = Arc::clone(&self.open);
+        let board = self.board.clone();
+        let hostname = hostname.to_owned();
+        self.retiring.spawn(async move {
+            let Running { device, phase, .. } = running;
+            if tokio::time::timeout(deadline, open.drained(&hostname))
+                .await
+                .is_err()
+            {
+                tracing::warn!(device = %hostname, "drain deadline passed; cutting open connections");
+                phase.send_replace(Phase::Stopped);
+                let _ = tokio::time::timeout(STOP_GRACE, open.drained(&hostname)).await;
+            }
+            if let Err(e) = device.node.clone().close().await {
+                tracing::warn!(device = %hostname, "close: {e}");
+            }
+            board.remove(&hostname);
+            tracing::info!(device = %hostname, "device removed");
+        });
+    }
+}
+
+/// The figures of every device, shared with the metrics endpoint.
+#[derive(Clone, Default)]
+pub struct StatusBoard {
+    devices: Arc<std::sync::Mutex<BTreeMap<String, BoardEntry>>>,
+    open: Arc<Registry>,
+}
+
+struct BoardEntry {
+    kind: DeviceKind,
+    phase: watch::Receiver<Phase>,
+    device: Arc<Device>,
+}
+
+impl StatusBoard {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, BoardEntry>> {
+        self.devices.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn insert(&self, running: &Running) {
+        self.lock().insert(
+            running.info.hostname.clone(),
+            BoardEntry {
+                kind: running.info.kind,
+                phase: running.phase.subscribe(),
+                device: Arc::clone(&running.device),
+            },
+        );
+    }
+
+    fn remove(&self, hostname: &str) {
+        self.lock().remove(hostname);
+    }
+
+    /// Figures of every device (draining ones included), by hostname.
+    pub fn snapshot(&self) -> Vec<DeviceStatus> {
+        self.lock()
+            .iter()
+            .map(|(hostname, e)| DeviceStatus {
+                hostname: hostname.clone(),
+                kind: e.kind,
+                accepting: *e.phase.borrow() == Phase::Running,
+                open: self.open.count_on(hostname),
+                accepted: e.device.accepted.load(Ordering::Relaxed),
+            })
+            .collect()
+    }
+}
+
+impl Connector {
+    /// Re-checks every open connection against the policy in force and
+    /// closes, with a `connection_revoked` record, those it no longer
+    /// allows. Connections of devices being drained are left to the drain.
+    /// Returns how many were closed.
+    pub fn recheck(&self) -> usize {
+        let policy = self.policy.load();
+        let mut closed = 0;
+        for open in self.open.snapshot() {
+            let Some(running) = self.running.get(&open.hostname) else {
+                continue;
+            };
+            let decision = match &open.endpoint {
+                Some(endpoint) => Some(policy::decide(
+                    &policy,
+                    &open.caller,
+                    &Action::Connect {
+                        endpoint,
+                        port: open.port,
+                    },
+                )),
+                None => match &**running.device.handler.load() {
+                    Handler::Service(service) => service.recheck(&open.caller, open.port),
+                    _ => None,
+                },
+            };
+            if let Some(decision) = decision.filter(|d| !d.permit)
+                && Registry::revoke(&open, decision)
+            {
+                closed += 1;
+            }
+        }
+        closed
     }
 }
 
 fn info_of(endpoint: &Endpoint, node: &Node) -> DeviceInfo {
+    info_of_parts(endpoint, node.ips().unwrap_or_default())
+}
+
+fn info_of_parts(endpoint: &Endpoint, ips: Vec<IpAddr>) -> DeviceInfo {
     DeviceInfo {
         hostname: endpoint.hostname.clone(),
         names: vec![endpoint.hostname.clone()],
@@ -497,13 +838,13 @@ fn info_of(endpoint: &Endpoint, node: &Node) -> DeviceInfo {
         } else {
             DeviceKind::Tcp
         },
-        ips: node.ips().unwrap_or_default(),
+        ips,
         ports: endpoint.ports.clone(),
         target: Some(endpoint.target.to_string()),
     }
 }
 
-async fn close_nodes(nodes: impl IntoIterator<Item = Node>) {
+pub(super) async fn close_nodes(nodes: impl IntoIterator<Item = Node>) {
     let mut closing = JoinSet::new();
     for node in nodes {
         closing.spawn(async move {
@@ -547,6 +888,7 @@ async fn accept_loop(
         let in_flight = in_flight.clone();
         let active = Arc::clone(&active);
         active.fetch_add(1, Ordering::Relaxed);
+        device.accepted.fetch_add(1, Ordering::Relaxed);
         // A root span: the connection outlives nothing of the accept loop,
         // and repeating the loop's fields on every line is noise.
         let span = tracing::info_span!(
@@ -569,7 +911,8 @@ async fn accept_loop(
     }
 }
 
-/// One accepted connection: identify, then hand over to the device's handler.
+/// One accepted connection: identify, then hand over to the device's
+/// handler until it ends or a reload revokes it.
 async fn connection(device: &Device, stream: UnixStream, peer: SocketAddr, port: u16) {
     let caller = match device.node.whois(peer).await {
         Ok(caller) => caller,
@@ -590,16 +933,37 @@ async fn connection(device: &Device, stream: UnixStream, peer: SocketAddr, port:
         }
     };
     tracing::Span::current().record("caller", caller.label());
-    match &device.handler {
-        Handler::Tcp(ctx) => serve_tcp(ctx, stream, caller, port).await,
-        Handler::Http(ctx) => serve_http(ctx, stream, caller, port).await,
-        Handler::Service(service) => {
-            tokio::select! {
-                () = service.serve(stream, caller, port) => {}
-                () = reached(&device.phase, Phase::Stopped) => {
-                    tracing::debug!("cut at the drain deadline");
+    let registration =
+        device
+            .open
+            .register(&device.hostname, device.endpoint.as_deref(), port, &caller);
+    let handler = device.handler.load_full();
+    let serve = async {
+        match &*handler {
+            Handler::Tcp(ctx) => serve_tcp(ctx, stream, caller.clone(), port).await,
+            Handler::Http(ctx) => serve_http(ctx, stream, caller.clone(), port).await,
+            Handler::Service(service) => {
+                tokio::select! {
+                    () = service.serve(stream, caller.clone(), port) => {}
+                    () = reached(&device.phase, Phase::Stopped) => {
+                        tracing::debug!("cut at the drain deadline");
+                    }
                 }
             }
+        }
+    };
+    tokio::select! {
+        () = serve => {}
+        decision = registration.open().revoked() => {
+            tracing::info!(reason = decision.reason.code(), "closed by reload: {}", decision.reason);
+            let mut record = Record::new(RecordKind::ConnectionRevoked)
+                .with_caller(&caller)
+                .with_device(&device.hostname)
+                .with_extra("port", port.into());
+            record.endpoint.clone_from(&device.endpoint);
+            set_reason(&mut record, &decision);
+            record.status = Some("revoked".to_owned());
+            device.audit.record(record);
         }
     }
 }

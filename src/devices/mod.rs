@@ -30,6 +30,8 @@
 mod connector;
 mod ctx;
 mod http;
+mod registry;
+mod reload;
 mod tcp;
 
 #[cfg(test)]
@@ -42,9 +44,12 @@ mod test_support;
 use std::future::Future;
 use std::pin::Pin;
 
-pub use connector::{Connector, DeviceInfo, DeviceKind, Options, Plan, ShutdownReport};
+pub use connector::{
+    Connector, DeviceInfo, DeviceKind, DeviceStatus, Options, Plan, ShutdownReport, StatusBoard,
+};
 pub use ctx::{DeviceCtx, Phase, SharedPolicy, shared_policy};
 pub use http::serve_http;
+pub use reload::ReloadReport;
 pub use tcp::serve_tcp;
 
 use crate::backend::BackendError;
@@ -61,6 +66,13 @@ pub trait Service: Send + Sync + 'static {
     /// Serves one accepted connection from `caller` on tailnet `port`. The
     /// future is dropped if the connector's drain deadline passes.
     fn serve(&self, io: tokio::net::UnixStream, caller: Caller, port: u16) -> BoxFuture<()>;
+
+    /// Whether an open connection from `caller` on `port` may stay open
+    /// under the policy in force, asked after a reload. `None` (the
+    /// default) keeps it; a denying decision closes it.
+    fn recheck(&self, _caller: &Caller, _port: u16) -> Option<crate::policy::Decision> {
+        None
+    }
 }
 
 /// Whose fault an error is; decides the log level and what the caller is
@@ -136,6 +148,12 @@ pub enum DeviceError {
         /// The contested hostname.
         hostname: String,
     },
+    /// A reload asked for a change that needs a restart.
+    #[error("{what}; restart the connector to apply it")]
+    RestartRequired {
+        /// What changed.
+        what: String,
+    },
     /// A plugged-in service could not be built for its started device.
     #[error("device {hostname}: {message}")]
     ServiceSetup {
@@ -170,6 +188,7 @@ impl DeviceError {
             DeviceError::Unsupported { .. } => "unsupported",
             DeviceError::DuplicateDevice { .. } => "duplicate_device",
             DeviceError::ServiceSetup { .. } => "service_setup_failed",
+            DeviceError::RestartRequired { .. } => "restart_required",
             DeviceError::CallerIo { .. } => "caller_io_error",
             DeviceError::CallerHttp { .. } => "caller_protocol_error",
         }
@@ -187,7 +206,8 @@ impl DeviceError {
             DeviceError::Start { .. }
             | DeviceError::Unsupported { .. }
             | DeviceError::DuplicateDevice { .. }
-            | DeviceError::ServiceSetup { .. } => Fault::Internal,
+            | DeviceError::ServiceSetup { .. }
+            | DeviceError::RestartRequired { .. } => Fault::Internal,
         }
     }
 

@@ -27,7 +27,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::Pinned;
-use crate::config::{Host, Kind};
+use crate::config::{Endpoint, Host, Kind};
 
 use super::error::McpError;
 use super::{Endpoints, Shared};
@@ -59,6 +59,8 @@ enum State {
 }
 
 struct Upstream {
+    /// Stops this upstream's task (a child of the federation's token).
+    cancel: CancellationToken,
     endpoint: String,
     path: String,
     tls: bool,
@@ -70,6 +72,31 @@ struct Upstream {
 }
 
 impl Upstream {
+    fn new(e: &Endpoint, pinned: Option<Pinned>, cancel: CancellationToken) -> Option<Upstream> {
+        let settings = e.mcp.as_ref()?;
+        Some(Upstream {
+            cancel,
+            endpoint: e.name.clone(),
+            path: settings.path.clone(),
+            tls: settings.tls,
+            timeout: Duration::from_millis(settings.timeout_ms),
+            connect_timeout: Duration::from_millis(e.connect_timeout_ms),
+            pinned,
+            state: RwLock::new(State::Down("not connected yet".to_owned())),
+            reconnect: Notify::new(),
+        })
+    }
+
+    /// Whether `other` connects the same way (same target, path, timeouts).
+    fn same_as(&self, other: &Upstream) -> bool {
+        self.path == other.path
+            && self.tls == other.tls
+            && self.timeout == other.timeout
+            && self.connect_timeout == other.connect_timeout
+            && self.pinned.as_ref().map(|p| (&p.target, &p.addrs))
+                == other.pinned.as_ref().map(|p| (&p.target, &p.addrs))
+    }
+
     fn set(&self, state: State) {
         *self
             .state
@@ -95,9 +122,10 @@ impl Upstream {
     }
 }
 
-/// The upstream connections of the MCP device, fixed at construction.
+/// The upstream connections of the MCP device; a reload adds, replaces and
+/// removes them with [`apply`].
 pub struct Federation {
-    upstreams: HashMap<String, Arc<Upstream>>,
+    upstreams: RwLock<HashMap<String, Arc<Upstream>>>,
     cancel: CancellationToken,
     /// Sessions to tell when the tool set changes.
     listeners: Mutex<Vec<Peer<RoleServer>>>,
@@ -106,36 +134,45 @@ pub struct Federation {
 impl Federation {
     /// One (not yet started) upstream per `kind = "mcp"` endpoint.
     pub fn new(endpoints: &Endpoints, cancel: CancellationToken) -> Self {
-        let upstreams = endpoints
+        let federation = Federation {
+            upstreams: RwLock::new(HashMap::new()),
+            cancel,
+            listeners: Mutex::new(Vec::new()),
+        };
+        let upstreams = federation.build(endpoints);
+        *federation.write() = upstreams;
+        federation
+    }
+
+    fn build(&self, endpoints: &Endpoints) -> HashMap<String, Arc<Upstream>> {
+        endpoints
             .by_name
             .values()
             .filter(|e| e.kind == Kind::Mcp)
             .filter_map(|e| {
-                let settings = e.mcp.as_ref()?;
-                let up = Upstream {
-                    endpoint: e.name.clone(),
-                    path: settings.path.clone(),
-                    tls: settings.tls,
-                    timeout: Duration::from_millis(settings.timeout_ms),
-                    connect_timeout: Duration::from_millis(e.connect_timeout_ms),
-                    pinned: endpoints.pinned.get(&e.name).cloned(),
-                    state: RwLock::new(State::Down("not connected yet".to_owned())),
-                    reconnect: Notify::new(),
-                };
+                let pinned = endpoints.pinned.get(&e.name).cloned();
+                let up = Upstream::new(e, pinned, self.cancel.child_token())?;
                 Some((e.name.clone(), Arc::new(up)))
             })
-            .collect();
-        Federation {
-            upstreams,
-            cancel,
-            listeners: Mutex::new(Vec::new()),
-        }
+            .collect()
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<Upstream>>> {
+        self.upstreams.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Arc<Upstream>>> {
+        self.upstreams.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn get(&self, endpoint: &str) -> Option<Arc<Upstream>> {
+        self.read().get(endpoint).cloned()
     }
 
     /// Status of each upstream, sorted by endpoint name.
     pub fn status(&self) -> Vec<(String, UpstreamStatus)> {
         let mut out: Vec<_> = self
-            .upstreams
+            .read()
             .iter()
             .map(|(name, up)| {
                 let status = match &*up.state.read().unwrap_or_else(|p| p.into_inner()) {
@@ -151,13 +188,13 @@ impl Federation {
 
     /// Whether `endpoint` is a federated upstream.
     pub fn has(&self, endpoint: &str) -> bool {
-        self.upstreams.contains_key(endpoint)
+        self.read().contains_key(endpoint)
     }
 
     /// The tools of every connected upstream, by endpoint name.
     pub fn tools(&self) -> Vec<(String, Arc<Vec<Tool>>)> {
         let mut out: Vec<_> = self
-            .upstreams
+            .read()
             .iter()
             .filter_map(|(name, up)| up.tools().map(|t| (name.clone(), t)))
             .collect();
@@ -168,7 +205,7 @@ impl Federation {
     /// Whether `endpoint` is connected and offers `tool`; `None` while it
     /// is down (the tool may exist).
     pub fn offers(&self, endpoint: &str, tool: &str) -> Option<bool> {
-        let up = self.upstreams.get(endpoint)?;
+        let up = self.get(endpoint)?;
         up.tools().map(|tools| tools.iter().any(|t| t.name == tool))
     }
 
@@ -200,7 +237,6 @@ impl Federation {
         args: Value,
     ) -> Result<CallToolResult, McpError> {
         let up = self
-            .upstreams
             .get(endpoint)
             .ok_or_else(|| McpError::UpstreamUnavailable {
                 endpoint: endpoint.to_owned(),
@@ -239,15 +275,57 @@ impl Federation {
 
 /// Starts the connection task of every upstream.
 pub fn start(shared: &Arc<Shared>) {
-    for up in shared.upstreams.upstreams.values() {
-        let up = Arc::clone(up);
-        let shared = Arc::clone(shared);
-        tokio::spawn(async move { run(up, shared).await });
+    let upstreams: Vec<_> = shared.upstreams.read().values().cloned().collect();
+    for up in upstreams {
+        spawn(up, shared);
     }
 }
 
+fn spawn(up: Arc<Upstream>, shared: &Arc<Shared>) {
+    let shared = Arc::clone(shared);
+    tokio::spawn(async move { run(up, shared).await });
+}
+
+/// Brings the upstreams in line with `endpoints` after a reload: an
+/// upstream whose settings are unchanged keeps its connection; added or
+/// changed ones connect anew; removed ones disconnect. Sessions are told
+/// the tool list changed. Returns the names of upstreams started and
+/// stopped.
+pub fn apply(shared: &Arc<Shared>, endpoints: &Endpoints) -> (Vec<String>, Vec<String>) {
+    let federation = &shared.upstreams;
+    let wanted = federation.build(endpoints);
+    let (mut started, mut stopped) = (Vec::new(), Vec::new());
+    {
+        let mut current = federation.write();
+        current.retain(|name, up| {
+            let keep = wanted.get(name).is_some_and(|w| w.same_as(up));
+            if !keep {
+                up.cancel.cancel();
+                stopped.push(name.clone());
+            }
+            keep
+        });
+        for (name, up) in wanted {
+            if !current.contains_key(&name) {
+                current.insert(name.clone(), Arc::clone(&up));
+                spawn(up, shared);
+                started.push(name);
+            } else {
+                up.cancel.cancel();
+            }
+        }
+    }
+    if !stopped.is_empty() {
+        let shared = Arc::clone(shared);
+        tokio::spawn(async move { shared.upstreams.announce().await });
+    }
+    started.sort();
+    stopped.sort();
+    (started, stopped)
+}
+
 async fn run(up: Arc<Upstream>, shared: Arc<Shared>) {
-    let cancel = shared.upstreams.cancel.clone();
+    let cancel = up.cancel.clone();
     let mut backoff = FIRST_BACKOFF;
     loop {
         let attempt = tokio::select! {

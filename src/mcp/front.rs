@@ -26,6 +26,8 @@ use super::{McpState, Shared};
 
 /// The one path the MCP endpoint answers on.
 pub(crate) const MCP_PATH: &str = "/mcp";
+/// Where Prometheus metrics are served, to `[mcp].metrics_allow` only.
+pub(crate) const METRICS_PATH: &str = "/metrics";
 /// Header carrying the MCP session ID.
 const SESSION_HEADER: &str = "mcp-session-id";
 /// Time allowed for a client to send a request's headers.
@@ -74,9 +76,10 @@ async fn handle(state: &McpState, req: Request<Incoming>, caller: Caller) -> Res
         return error_response(&e, None);
     }
     let path = req.uri().path();
+    if path == METRICS_PATH {
+        return metrics(state, &req, &caller);
+    }
     if path != MCP_PATH {
-        // `/metrics` is reserved: it will be served here, behind
-        // Action::Metrics, and answers 404 until then.
         let e = McpError::NotFound {
             path: path.to_owned(),
         };
@@ -134,6 +137,38 @@ async fn handle(state: &McpState, req: Request<Incoming>, caller: Caller) -> Res
     let req = Request::from_parts(parts, Full::new(body));
     let response = state.rmcp.handle(req).await;
     track_session(state, &method, session.as_deref(), &response, &caller).await;
+    response
+}
+
+/// `GET /metrics`: Prometheus text for callers in `metrics_allow`; a
+/// refusal is recorded like any other.
+fn metrics<B>(state: &McpState, req: &Request<B>, caller: &Caller) -> Response<Body> {
+    let shared = &state.shared;
+    let decision = decide(&shared.policy.load(), caller, &Action::Metrics);
+    if !decision.permit {
+        let e = McpError::Denied {
+            reason: decision.reason,
+        };
+        deny_record(shared, caller, &e, req.method());
+        return error_response(&e, None);
+    }
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        let mut response = Response::new(Full::new(Bytes::from_static(b"use GET\n")).boxed());
+        *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+        response
+            .headers_mut()
+            .insert(http::header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return response;
+    }
+    let text = match shared.metrics.get() {
+        Some(render) => render(&shared.upstreams.status()),
+        None => String::new(),
+    };
+    let mut response = Response::new(Full::new(Bytes::from(text)).boxed());
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
     response
 }
 

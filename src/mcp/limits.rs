@@ -67,13 +67,13 @@ impl Bucket {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Key {
     Caller(String),
-    Tool(String, String),
+    Tool(String),
 }
 
 /// The rate limiter of one MCP device.
 #[derive(Debug)]
 pub struct RateLimiter {
-    limits: RateLimits,
+    limits: arc_swap::ArcSwap<RateLimits>,
     buckets: Mutex<HashMap<Key, Bucket>>,
 }
 
@@ -81,21 +81,30 @@ impl RateLimiter {
     /// A limiter enforcing `limits`; with no limits every call passes.
     pub fn new(limits: RateLimits) -> Self {
         RateLimiter {
-            limits,
+            limits: arc_swap::ArcSwap::from_pointee(limits),
             buckets: Mutex::new(HashMap::new()),
         }
     }
 
+    /// Replaces the limits (after a reload); buckets keep their tokens and
+    /// refill at the new rates.
+    pub fn set_limits(&self, limits: RateLimits) {
+        self.limits.store(std::sync::Arc::new(limits));
+    }
+
     /// Takes one token for `caller` (a stable node ID) calling `tool`, or
-    /// says which limit is exhausted.
+    /// says which limit is exhausted. `per_caller` counts each caller's
+    /// calls across tools; `per_tool` counts each tool's calls across
+    /// callers.
     pub fn check(&self, caller: &str, tool: &str) -> Result<(), Limited> {
         let now = Instant::now();
+        let limits = self.limits.load();
         let mut wanted: Vec<(Key, Rate, &'static str)> = Vec::with_capacity(2);
-        if let Some(rate) = self.limits.per_caller {
+        if let Some(rate) = limits.per_caller {
             wanted.push((Key::Caller(caller.to_owned()), rate, "per_caller"));
         }
-        if let Some(rate) = self.limits.per_tool {
-            let key = Key::Tool(caller.to_owned(), tool.to_owned());
+        if let Some(rate) = limits.per_tool {
+            let key = Key::Tool(tool.to_owned());
             wanted.push((key, rate, "per_tool"));
         }
         if wanted.is_empty() {
@@ -108,7 +117,7 @@ impl RateLimiter {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         if buckets.len() >= SWEEP_AT {
-            self.sweep(&mut buckets, now);
+            Self::sweep(&limits, &mut buckets, now);
         }
         let mut refilled = Vec::with_capacity(wanted.len());
         for (key, rate, limit) in &wanted {
@@ -134,8 +143,8 @@ impl RateLimiter {
         Ok(())
     }
 
-    fn sweep(&self, buckets: &mut HashMap<Key, Bucket>, now: Instant) {
-        let longest = [self.limits.per_caller, self.limits.per_tool]
+    fn sweep(limits: &RateLimits, buckets: &mut HashMap<Key, Bucket>, now: Instant) {
+        let longest = [limits.per_caller, limits.per_tool]
             .into_iter()
             .flatten()
             .map(|r| r.period.duration())
@@ -178,7 +187,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn per_tool_is_per_caller_and_tool_and_costs_nothing_when_refused() {
+    async fn per_tool_is_shared_by_callers_and_costs_nothing_when_refused() {
         let limiter = RateLimiter::new(limits(Some(3), Some(1)));
         assert!(limiter.check("n1", "a").is_ok());
         let hit = limiter.check("n1", "a").unwrap_err();
@@ -187,7 +196,21 @@ mod tests {
         assert!(limiter.check("n1", "b").is_ok());
         assert!(limiter.check("n1", "c").is_ok());
         assert_eq!(limiter.check("n1", "d").unwrap_err().limit, "per_caller");
-        assert!(limiter.check("n2", "a").is_ok());
+        // Tool `a` has spent its budget for every caller.
+        assert_eq!(limiter.check("n2", "a").unwrap_err().limit, "per_tool");
+        assert!(limiter.check("n2", "e").is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn new_limits_apply_to_the_next_call() {
+        let limiter = RateLimiter::new(limits(Some(1), None));
+        assert!(limiter.check("n1", "a").is_ok());
+        assert!(limiter.check("n1", "a").is_err());
+        limiter.set_limits(RateLimits::default());
+        assert!(limiter.check("n1", "a").is_ok());
+        limiter.set_limits(limits(None, Some(1)));
+        assert!(limiter.check("n1", "a").is_ok());
+        assert_eq!(limiter.check("n2", "a").unwrap_err().limit, "per_tool");
     }
 
     #[tokio::test(start_paused = true)]

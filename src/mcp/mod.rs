@@ -67,6 +67,7 @@ use crate::audit::AuditLog;
 use crate::backend::Pinned;
 use crate::config::{Config, Endpoint, RateLimits};
 use crate::identity::Caller;
+use crate::policy::{Action, Decision, decide};
 
 pub use crate::policy::HTTP_REQUEST_TOOL;
 pub use error::{Fault, McpError, Surface};
@@ -125,7 +126,11 @@ pub(crate) struct Shared {
     pub sessions: sessions::Bindings,
     pub upstreams: federation::Federation,
     pub shutdown: CancellationToken,
+    pub metrics: std::sync::OnceLock<MetricsSource>,
 }
+
+/// Renders the `/metrics` page, given the upstreams' status.
+pub type MetricsSource = Box<dyn Fn(&[(String, UpstreamStatus)]) -> String + Send + Sync>;
 
 /// The state of the MCP device: build it once per process with
 /// [`McpState::new`], start federation with [`McpState::start_federation`],
@@ -184,6 +189,7 @@ impl McpState {
             sessions: sessions::Bindings::default(),
             upstreams,
             shutdown: shutdown.clone(),
+            metrics: std::sync::OnceLock::new(),
         });
         let session_manager = Arc::new(LocalSessionManager::default());
         let rmcp_config = StreamableHttpServerConfig::default()
@@ -211,18 +217,39 @@ impl McpState {
         federation::start(&self.shared);
     }
 
+    /// Sets what `/metrics` serves (once; later calls are ignored). Until
+    /// set, permitted callers get an empty page.
+    pub fn set_metrics(&self, source: MetricsSource) {
+        let _ = self.shared.metrics.set(source);
+    }
+
     /// Connection status of each upstream MCP endpoint, by endpoint name.
     pub fn upstream_status(&self) -> Vec<(String, UpstreamStatus)> {
         self.shared.upstreams.status()
     }
 
-    /// Replaces the endpoint settings and pinned targets after a reload.
-    /// The policy is swapped separately through the [`SharedPolicy`].
-    /// Upstream MCP connections are kept as they are.
-    pub fn apply_config(&self, config: &Config, pinned: HashMap<String, Pinned>) {
-        self.shared
-            .endpoints
-            .store(Arc::new(Endpoints::new(config, pinned)));
+    /// Replaces the endpoint settings, pinned targets and rate limits after
+    /// a reload, and connects, reconnects or disconnects upstream MCP
+    /// servers whose endpoints were added, changed or removed (unchanged
+    /// ones keep their connection). The policy is swapped separately
+    /// through the [`SharedPolicy`]. Returns the upstreams started and
+    /// stopped.
+    pub fn apply_config(
+        &self,
+        config: &Config,
+        pinned: HashMap<String, Pinned>,
+    ) -> (Vec<String>, Vec<String>) {
+        let endpoints = Endpoints::new(config, pinned);
+        let changed = federation::apply(&self.shared, &endpoints);
+        self.shared.endpoints.store(Arc::new(endpoints));
+        self.shared.limiter.set_limits(rate_limits(config));
+        changed
+    }
+
+    /// Whether `caller` may keep using the MCP device under the policy in
+    /// force (asked for open connections after a reload).
+    pub fn recheck(&self, caller: &Caller) -> Decision {
+        decide(&self.shared.policy.load(), caller, &Action::McpAccess)
     }
 
     /// Ends every session, stops federation tasks and asks open connections

@@ -308,22 +308,20 @@ async fn rate_limits_refuse_with_a_tool_error_and_an_audit_record() {
     }
     let r = call(&bot, "list_endpoints", json!({})).await.expect("call");
     assert!(first_text(&r).starts_with("rate limited: per_caller limit 5/h"));
-    // Another caller is not affected.
+    // `per_tool` is shared by every caller: `whoami` is spent for alice
+    // too, while her own per-caller budget is untouched.
     let alice = client(h.alice).await;
-    assert_ne!(
-        call(&alice, "whoami", json!({}))
-            .await
-            .expect("call")
-            .is_error,
-        Some(true)
-    );
+    let r = call(&alice, "whoami", json!({})).await.expect("call");
+    assert!(first_text(&r).starts_with("rate limited: per_tool limit 3/h"));
+    let r = call(&alice, "list_endpoints", json!({})).await.expect("call");
+    assert_ne!(r.is_error, Some(true));
 
     let records = h.records().await;
     let limited: Vec<_> = records
         .iter()
         .filter(|r| r.record.kind == Kind::RateLimited)
         .collect();
-    assert_eq!(limited.len(), 2);
+    assert_eq!(limited.len(), 3);
     assert_eq!(limited[0].record.tool.as_deref(), Some("whoami"));
     assert_eq!(
         limited[0].record.detail.as_deref(),

@@ -38,8 +38,10 @@ async fn bad_requests_get_clear_errors() {
 
     let (status, _, _) = raw(h.alice, "POST", "/other", &[], initialize_body()).await;
     assert_eq!(status, 404);
-    let (status, _, _) = raw(h.alice, "GET", "/metrics", &[], Vec::new()).await;
-    assert_eq!(status, 404);
+    // Nobody is in `metrics_allow` here.
+    let (status, _, body) = raw(h.alice, "GET", "/metrics", &[], Vec::new()).await;
+    assert_eq!(status, 403);
+    assert_eq!(error_of(&body)["data"]["reason"], "metrics_not_allowed");
 
     let (status, _, body) = raw(
         h.alice,

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use portcullis::audit::{AuditLog, Kind, Record};
+use portcullis::audit::{AuditLog, Record};
 use portcullis::config::{self, Config};
 use portcullis::devices::{Connector, Plan};
 use portcullis::mcp::McpState;
@@ -143,12 +143,8 @@ impl Reloader {
             revoked,
             "reload applied"
         );
-        for device in &report.added {
-            eprintln!("  {device}");
-        }
         self.audit.record(
-            Record::new(Kind::Reload)
-                .with_fingerprint(new.fingerprint.clone())
+            Record::reload(new.fingerprint.clone())
                 .with_extra("trigger", trigger.as_str().into())
                 .with_extra("old_fingerprint", old.into())
                 .with_extra("new_fingerprint", new.fingerprint.clone().into())
@@ -177,8 +173,7 @@ impl Reloader {
             "reload rejected ({code}); still serving fingerprint {}:\n{why}",
             self.config.fingerprint
         );
-        let mut record = Record::new(Kind::ReloadRejected)
-            .deny(code, why)
+        let mut record = Record::reload_rejected(code, why)
             .with_extra("trigger", trigger.as_str().into())
             .with_extra("old_fingerprint", self.config.fingerprint.clone().into());
         if let Some(new) = new {

@@ -425,6 +425,7 @@ impl Connector {
             }
         }
         while self.tasks.join_next().await.is_some() {}
+        tracing::debug!("accept loops stopped");
         let Connector {
             in_flight,
             mut in_flight_done,
@@ -452,6 +453,7 @@ impl Connector {
         }
         // Devices retired by a reload have cut their connections by now.
         while retiring.join_next().await.is_some() {}
+        tracing::debug!(cut, "connections drained; closing nodes");
         close_nodes(running.into_values().map(|r| r.device.node.clone())).await;
         ShutdownReport { cut }
     }

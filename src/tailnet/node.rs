@@ -219,6 +219,9 @@ struct Inner {
     lock: Mutex<Option<Flock<File>>>,
 }
 
+/// How long a node close may take before it is reported.
+const SLOW_CLOSE: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl Inner {
     fn close(&self) -> Result<(), String> {
         if self.closed.swap(true, Ordering::SeqCst) {
@@ -352,11 +355,21 @@ impl Node {
     }
 
     /// Stops the node, its listeners and its connections, and waits for it.
+    /// A close still running after [`SLOW_CLOSE`] is logged as a warning
+    /// with the embedded runtime's goroutine stacks.
     pub async fn close(self) -> Result<(), TailnetError> {
         let inner = self.inner.clone();
-        self.blocking("close", move || inner.close())
-            .await?
-            .map_err(|m| self.call_error("close", m))
+        let close = self.blocking("close", move || inner.close());
+        let mut close = std::pin::pin!(close);
+        let result = tokio::select! {
+            r = &mut close => r,
+            () = tokio::time::sleep(SLOW_CLOSE) => {
+                let stacks = tokio::task::spawn_blocking(sys::stacks).await.unwrap_or_default();
+                tracing::warn!(device = %self.inner.hostname, "node close is taking more than {SLOW_CLOSE:?}; goroutines:\n{stacks}");
+                close.await
+            }
+        };
+        result?.map_err(|m| self.call_error("close", m))
     }
 
     /// Runs a blocking tsffi call on the blocking pool, never on an async worker.

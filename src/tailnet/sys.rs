@@ -68,6 +68,11 @@ pub(super) fn version() -> String {
     take_string(unsafe { raw::tsffi_version() })
 }
 
+pub(super) fn stacks() -> String {
+    // SAFETY: no arguments; returns a malloc'd string we take.
+    take_string(unsafe { raw::tsffi_stacks() })
+}
+
 pub(super) fn new_node() -> c_int {
     // SAFETY: no arguments; returns a fresh handle.
     unsafe { raw::tsffi_new() }

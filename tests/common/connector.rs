@@ -33,15 +33,28 @@ impl Connector {
     /// Starts `portcullis run <config>` with the auth key in
     /// `PORTCULLIS_AUTH_KEY` and waits until it serves.
     pub fn start(config: &Path, auth_key: &str, audit_url: &str) -> Connector {
-        let log = config.with_extension("log");
-        let out = std::fs::File::create(&log).expect("log file");
+        Connector::start_named(config, auth_key, audit_url, "test-connector")
+    }
+
+    /// Like [`start`](Self::start), writing its audit chain as `name`; the
+    /// output goes to `<config>.<name>.log` (appended, so a restart keeps
+    /// the earlier run's output).
+    pub fn start_named(config: &Path, auth_key: &str, audit_url: &str, name: &str) -> Connector {
+        let log = config.with_extension(format!("{name}.log"));
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("log file");
         let child = Command::new(binary())
             .arg("run")
             .arg(config)
             .arg("--audit")
             .arg(audit_url)
             .arg("--connector")
-            .arg("test-connector")
+            .arg(name)
+            .arg("--watch-interval")
+            .arg("1")
             .env("PORTCULLIS_AUTH_KEY", auth_key)
             // The embedded Go runtime reads these at load.
             .envs(CLIENT_KNOBS.iter().copied())
@@ -134,6 +147,32 @@ impl Drop for Connector {
             let _ = child.wait();
         }
     }
+}
+
+/// Every record in the store at `audit_url`, as JSON objects (the record
+/// fields, plus `seq` and `connector`).
+pub fn records(audit_url: &str) -> Vec<serde_json::Value> {
+    let out = run(&[
+        "audit", "query", "--audit", audit_url, "--json", "--limit", "10000000",
+    ]);
+    assert!(
+        out.status.success(),
+        "audit query: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("json line");
+            let mut record = v.get("record").cloned().unwrap_or_else(|| v.clone());
+            for key in ["seq", "connector"] {
+                if let Some(x) = v.get(key) {
+                    record[key] = x.clone();
+                }
+            }
+            record
+        })
+        .collect()
 }
 
 /// Runs the binary to completion (e.g. `audit verify`).

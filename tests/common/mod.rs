@@ -3,6 +3,7 @@
 
 pub mod connector;
 pub mod headscale;
+pub mod net;
 pub mod postgres;
 pub mod tailscaled;
 pub mod tools;

@@ -27,7 +27,13 @@ var copyBufs = sync.Pool{New: func() any { b := make([]byte, 64<<10); return &b 
 // socketpair until both directions finish. EOF in one direction becomes a
 // half-close in the other, so request/response protocols that rely on
 // shutdown(WR) work end to end.
-func splice(tc net.Conn, uc *net.UnixConn) {
+func splice(n *node, tc net.Conn, uc *net.UnixConn) {
+	if !n.track(tc) {
+		tc.Close()
+		uc.Close()
+		return
+	}
+	defer n.untrack(tc)
 	var wg sync.WaitGroup
 	wg.Add(2)
 	go func() { // tailnet -> caller
@@ -137,7 +143,7 @@ func (l *listener) acceptLoop(n *node) {
 			uc.Close()
 			return
 		}
-		go splice(tc, uc)
+		go splice(n, tc, uc)
 	}
 }
 
@@ -234,7 +240,7 @@ func tsffi_dial(sd C.int, network, addr *C.char, timeoutMs C.int, connFd *C.int,
 		tc.Close()
 		return fail(errOut, err)
 	}
-	go splice(tc, uc)
+	go splice(n, tc, uc)
 	*connFd = C.int(fd)
 	return 0
 }

@@ -13,6 +13,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"runtime"
 	"runtime/debug"
@@ -44,11 +45,34 @@ type node struct {
 	upCancel  context.CancelFunc
 	logFile   *os.File
 	listeners map[*listener]struct{}
+	// conns are the tailnet connections being spliced, closed first by
+	// tsffi_close (see there).
+	conns map[net.Conn]struct{}
+}
+
+// track registers a spliced connection; false if the node is closing.
+func (n *node) track(tc net.Conn) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.closed {
+		return false
+	}
+	if n.conns == nil {
+		n.conns = map[net.Conn]struct{}{}
+	}
+	n.conns[tc] = struct{}{}
+	return true
+}
+
+func (n *node) untrack(tc net.Conn) {
+	n.mu.Lock()
+	delete(n.conns, tc)
+	n.mu.Unlock()
 }
 
 var (
 	nodesMu sync.Mutex
-	nodes   = map[C.int]*node{}
+	nodes         = map[C.int]*node{}
 	nextID  C.int = 1
 )
 
@@ -95,6 +119,13 @@ func tsffi_version() *C.char {
 	}
 	b, _ := json.Marshal(v)
 	return C.CString(string(b))
+}
+
+//export tsffi_stacks
+func tsffi_stacks() *C.char {
+	buf := make([]byte, 4<<20)
+	n := runtime.Stack(buf, true)
+	return C.CString(string(buf[:n]))
 }
 
 //export tsffi_new
@@ -281,6 +312,14 @@ func (n *node) stateHint() string {
 	return hint + ")"
 }
 
+const (
+	// closeSettle lets the packets of just-closed connections leave.
+	closeSettle = 200 * time.Millisecond
+	// closeTimeout bounds tsffi_close: a node that cannot finish closing
+	// must not stop the process from exiting.
+	closeTimeout = 15 * time.Second
+)
+
 //export tsffi_close
 func tsffi_close(sd C.int, errOut **C.char) C.int {
 	nodesMu.Lock()
@@ -296,13 +335,32 @@ func tsffi_close(sd C.int, errOut **C.char) C.int {
 	started := n.started
 	lns := n.listeners
 	n.listeners = nil
+	conns := n.conns
+	n.conns = nil
 	n.mu.Unlock()
 	for l := range lns {
 		l.close()
 	}
+	// Close spliced connections while the netstack still sends packets.
+	// tsnet's Close stops the netstack's outbound pump before aborting the
+	// connections left open, and an abort's RST then blocks forever if the
+	// outbound queue is full; closing them first (and letting the queue
+	// drain) avoids that.
+	for tc := range conns {
+		tc.Close()
+	}
+	if len(conns) > 0 {
+		time.Sleep(closeSettle)
+	}
 	var err error
 	if started {
-		err = n.srv.Close()
+		done := make(chan error, 1)
+		go func() { done <- n.srv.Close() }()
+		select {
+		case err = <-done:
+		case <-time.After(closeTimeout):
+			err = fmt.Errorf("tsffi: tsnet close did not finish within %v; its goroutines are left behind", closeTimeout)
+		}
 	}
 	if n.logFile != nil {
 		n.logFile.Close()

@@ -46,6 +46,10 @@ char *tsffi_version(void);
 // Free a string returned by this library.
 void tsffi_free(char *p);
 
+// Stack traces of every goroutine, for diagnosing a call that does not
+// return. Free with tsffi_free.
+char *tsffi_stacks(void);
+
 // Create a node handle (> 0). Nothing runs until tsffi_start/tsffi_up.
 int tsffi_new(void);
 

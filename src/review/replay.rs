@@ -14,13 +14,14 @@
 //! | record | actions |
 //! | --- | --- |
 //! | `connection_open`, `connection_denied` of a device (`extra.port`) | `Connect` |
-//! | `connection_denied` of the MCP device (`extra.http_method`) | `McpAccess` |
+//! | `connection_denied` of the MCP device (`extra.http_method`) | `McpAccess`, or `Metrics` for `/metrics` |
 //! | `http_request` | `Connect` (if `extra.port` is recorded), `Http` |
 //! | `mcp_initialize`, `mcp_list_tools` | `McpAccess` |
 //! | `mcp_tool_call` | `McpAccess`; `CallTool` (upstream tools, `http_request`); `Http` (`http_request`) |
 //!
-//! `connection_close` repeats its `connection_open` and is not replayed;
-//! other kinds carry no decision. A decision record is not replayed when it
+//! `connection_close` repeats its `connection_open` and
+//! `connection_revoked` follows from a reload, not from a caller's action:
+//! neither is replayed; other kinds carry no decision. A decision record is not replayed when it
 //! has no caller (the peer could not be identified), no decision, or a
 //! denial that did not come from the policy (rate limits, unknown tools,
 //! invalid arguments): those are counted by cause in
@@ -40,7 +41,7 @@ use serde::Serialize;
 use crate::audit::{self, CallerInfo, Kind, Record, StoredRecord};
 use crate::config::Config;
 use crate::identity::Caller;
-use crate::mcp::{LIST_ENDPOINTS_TOOL, NAMESPACE_SEPARATOR, WHOAMI_TOOL};
+use crate::mcp::{LIST_ENDPOINTS_TOOL, METRICS_PATH, NAMESPACE_SEPARATOR, WHOAMI_TOOL};
 use crate::policy::{self, Action, HTTP_REQUEST_TOOL, Policy};
 
 /// Examples kept per group of changes.
@@ -287,6 +288,7 @@ impl Skip {
 #[derive(Debug, Clone, Copy)]
 enum Step<'r> {
     McpAccess,
+    Metrics,
     Connect {
         endpoint: &'r str,
         port: u16,
@@ -351,11 +353,25 @@ fn plan(record: &Record) -> Option<Result<Plan<'_>, Skip>> {
                 })
             } else if let Some(method) = record.extra.get("http_method") {
                 let method = method.as_str().unwrap_or("?");
-                Ok(single(
-                    Step::McpAccess,
-                    mcp_device(record),
-                    format!("MCP request ({method})"),
-                ))
+                // Records written before the path was kept say `/metrics`
+                // through their reason only.
+                let metrics = match record.path.as_deref() {
+                    Some(path) => path == METRICS_PATH,
+                    None => record.reason.as_deref() == Some("metrics_not_allowed"),
+                };
+                Ok(if metrics {
+                    single(
+                        Step::Metrics,
+                        mcp_device(record),
+                        format!("{method} {METRICS_PATH}"),
+                    )
+                } else {
+                    single(
+                        Step::McpAccess,
+                        mcp_device(record),
+                        format!("MCP request ({method})"),
+                    )
+                })
             } else {
                 Err(Skip::UnknownConnection)
             }
@@ -469,6 +485,7 @@ fn decide_plan(
     for (i, step) in plan.steps.iter().enumerate() {
         let decision = match *step {
             Step::McpAccess => policy::decide(policy, caller, &Action::McpAccess),
+            Step::Metrics => policy::decide(policy, caller, &Action::Metrics),
             Step::Connect { endpoint, port } => {
                 policy::decide(policy, caller, &Action::Connect { endpoint, port })
             }

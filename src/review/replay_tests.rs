@@ -67,10 +67,14 @@ allow = ["group:sre"]
 }
 
 /// The proposed file: `tag:agent` loses `db`, `POST` goes from `web`,
-/// `delete_*` is denied on `tickets`, bob joins `sre`, port 5433 and the
-/// `legacy` endpoint go.
+/// `delete_*` is denied on `tickets`, bob joins `sre`, `sre` may read
+/// metrics, port 5433 and the `legacy` endpoint go.
 fn new_file() -> String {
     old_file()
+        .replace(
+            &format!("capability = \"{CAP}\""),
+            &format!("capability = \"{CAP}\"\nmetrics_allow = [\"group:sre\"]"),
+        )
         .replace(
             "sre = [\"user:alice@example.com\"]",
             "sre = [\"user:alice@example.com\", \"user:bob@example.com\"]",
@@ -189,6 +193,8 @@ fn tool_call(policy: &Policy, c: &Caller, endpoint: &str, tool: &str) -> Record 
             &access.reason.to_string(),
         )
         .with_extra("http_method", "POST".into());
+        let mut r = r;
+        r.path = Some("/mcp".to_owned());
         return r;
     }
     let name = format!("{endpoint}__{tool}");
@@ -232,6 +238,16 @@ fn http_tool(policy: &Policy, c: &Caller, endpoint: &str, method: &str, path: &s
         call
     };
     stamp(r, &d)
+}
+
+/// The record of a refused `GET /metrics` on the MCP device.
+fn metrics(policy: &Policy, c: &Caller) -> Record {
+    let d = policy::decide(policy, c, &Action::Metrics);
+    assert!(!d.permit, "only refused metrics reads are recorded");
+    let mut r = Record::connection_denied(c, "mcp", "mcp", d.reason.code(), &d.reason.to_string())
+        .with_extra("http_method", "GET".into());
+    r.path = Some("/metrics".to_owned());
+    r
 }
 
 fn initialize(policy: &Policy, c: &Caller) -> Record {
@@ -289,6 +305,11 @@ fn history(old: &Config) -> Vec<StoredRecord> {
     records.push(tool_call(&p, &agent, "tickets", "search_open"));
     records.push(tool_call(&p, &agent, "tickets", "delete_ticket"));
     records.push(tool_call(&p, &bob, "tickets", "search_open"));
+    records.push(metrics(&p, &alice));
+    // Written before refusals kept their path: known by the reason only.
+    let mut agent_metrics = metrics(&p, &agent);
+    agent_metrics.path = None;
+    records.push(agent_metrics);
     // A peer the tailnet could not identify.
     let mut unknown = Record::new(audit::Kind::ConnectionDenied)
         .with_device("db")
@@ -401,6 +422,22 @@ fn tag_losing_access_method_and_tool_denied_and_new_permit() {
     let g = group(&r, Change::DenyToPermit, "bob@example.com", "mcp");
     assert_eq!(g.examples[0].action, "MCP request (POST)");
 
+    // sre may now read metrics; the agent may use the MCP device but still
+    // not read metrics, so its refusal is replayed as a metrics read.
+    let g = group(&r, Change::DenyToPermit, "alice@example.com", "mcp");
+    assert_eq!(g.count, 1);
+    assert_eq!(g.examples[0].action, "GET /metrics");
+    assert_eq!(
+        g.examples[0].old.reason.as_deref(),
+        Some("metrics_not_allowed")
+    );
+    assert!(
+        !r.changes
+            .iter()
+            .any(|g| g.caller == "tag:agent" && g.endpoint == "mcp"),
+        "{r:#?}"
+    );
+
     // Carol was let in by her capability, which the log does not keep.
     // Nothing else is inexact: the agent's delete_ticket call is denied by
     // tools_deny, which no grant overrides.
@@ -441,7 +478,7 @@ fn tag_losing_access_method_and_tool_denied_and_new_permit() {
     let t = &r.totals;
     assert_eq!(t.records, records.len() as u64);
     assert_eq!(t.permit_to_deny, 3 + 2 + 1 + 2 + 1);
-    assert_eq!(t.deny_to_permit, 2);
+    assert_eq!(t.deny_to_permit, 3);
     assert_eq!(t.changed, t.permit_to_deny + t.deny_to_permit);
     assert_eq!(t.inexact, 1);
     assert_eq!(t.replayed, t.unchanged + t.changed);

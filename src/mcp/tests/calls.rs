@@ -332,7 +332,9 @@ async fn rate_limits_refuse_with_a_tool_error_and_an_audit_record() {
     let alice = client(h.alice).await;
     let r = call(&alice, "whoami", json!({})).await.expect("call");
     assert!(first_text(&r).starts_with("rate limited: per_tool limit 3/h"));
-    let r = call(&alice, "list_endpoints", json!({})).await.expect("call");
+    let r = call(&alice, "list_endpoints", json!({}))
+        .await
+        .expect("call");
     assert_ne!(r.is_error, Some(true));
 
     let records = h.records().await;

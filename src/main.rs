@@ -2,9 +2,10 @@
 //! calls one function per subcommand in [`cli`].
 //!
 //! Exit codes, for every subcommand: 0 success; 1 the check the command
-//! performs failed (`review --strict` found warnings, `audit verify` found a
-//! broken chain); 2 bad input or an error (usage error, invalid endpoint
-//! file, bad flag value, unreadable audit store).
+//! performs failed (`review --strict` found warnings, `review --replay`
+//! found recorded decisions the file would make differently, `audit verify`
+//! found a broken chain); 2 bad input or an error (usage error, invalid
+//! endpoint file, bad flag value, unreadable audit store).
 
 mod cli;
 
@@ -41,7 +42,8 @@ enum Command {
     /// Run the connector: one tailnet device per endpoint, plus the MCP device.
     Run(cli::run::RunArgs),
     /// Print the security review of an endpoint file, optionally with the
-    /// exposure changes against an older version.
+    /// exposure changes against an older version and the recorded decisions
+    /// it would make differently.
     Review(cli::review::ReviewArgs),
     /// Read, verify and export the audit log.
     Audit(cli::audit::AuditArgs),
@@ -59,7 +61,7 @@ async fn main() -> ExitCode {
     }
     let result = match args.command {
         Command::Run(a) => cli::run::run(a).await,
-        Command::Review(a) => cli::review::review(a),
+        Command::Review(a) => cli::review::review(a).await,
         Command::Audit(a) => cli::audit::audit(a).await,
         Command::Check(a) => cli::check::check(a),
         Command::Version(a) => cli::version::version(a),

@@ -191,6 +191,242 @@ fn review_against_shows_added_device() {
     );
 }
 
+// ---- review --replay ------------------------------------------------------
+
+const REPLAY_OLD: &str = r#"
+[tailnet]
+control_url = "https://headscale.example.com"
+auth_key_env = "PORTCULLIS_AUTH_KEY"
+state_dir = "/var/lib/portcullis"
+
+[[endpoint]]
+name = "db"
+kind = "tcp"
+target = "10.0.0.5:5432"
+allow = ["tag:agent", "user:alice@example.com"]
+
+[[endpoint]]
+name = "web"
+kind = "http"
+target = "10.0.0.6:8080"
+ports = [80]
+allow = ["tag:agent"]
+
+[endpoint.http]
+methods = ["GET", "POST"]
+paths = ["/api/**"]
+"#;
+
+/// The proposed file: the agent tag loses `db`, bob gains it, `web` drops
+/// `POST`.
+fn replay_new() -> String {
+    let new = REPLAY_OLD
+        .replace(
+            "allow = [\"tag:agent\", \"user:alice@example.com\"]",
+            "allow = [\"user:alice@example.com\", \"user:bob@example.com\"]",
+        )
+        .replace("methods = [\"GET\", \"POST\"]", "methods = [\"GET\"]");
+    assert_ne!(new, REPLAY_OLD);
+    new
+}
+
+/// Copies a policy decision into a record, as the data path does.
+fn decided(mut record: Record, d: &portcullis::policy::Decision) -> Record {
+    use portcullis::audit::{Decision, Kind};
+    if !d.permit && record.kind == Kind::ConnectionOpen {
+        record.kind = Kind::ConnectionDenied;
+    }
+    record.decision = Some(if d.permit {
+        Decision::Permit
+    } else {
+        Decision::Deny
+    });
+    record.reason = Some(d.reason.code().to_owned());
+    record.detail = Some(d.reason.to_string());
+    record
+}
+
+/// The records a connector running `old` writes for a few connections and
+/// requests, every decision made by the policy of `old`. Seqs 1 and 2 are
+/// the agent's connections to `db`, 6 its `POST` on `web`, 7 bob's refused
+/// connection.
+fn replay_history(old: &portcullis::config::Config) -> Vec<Record> {
+    use portcullis::policy::{Action, Policy, decide};
+    let policy = Policy::from_config(old);
+    let agent = caller(None, "agent-1", &["tag:agent"]);
+    let alice = caller(Some("alice@example.com"), "alice-laptop", &[]);
+    let bob = caller(Some("bob@example.com"), "bob-laptop", &[]);
+    let connect = |c: &Caller, endpoint: &str, port: u16| {
+        let d = decide(&policy, c, &Action::Connect { endpoint, port });
+        decided(
+            Record::connection_open(c, endpoint, endpoint).with_extra("port", port.into()),
+            &d,
+        )
+    };
+    let request = |c: &Caller, method: &str, path: &str| {
+        let d = decide(
+            &policy,
+            c,
+            &Action::Http {
+                endpoint: "web",
+                method,
+                path,
+            },
+        );
+        decided(
+            Record::http_request(c, "web", method, path)
+                .with_device("web")
+                .with_extra("port", 80.into()),
+            &d,
+        )
+    };
+    let alice_open = connect(&alice, "db", 5432);
+    let records = vec![
+        connect(&agent, "db", 5432),
+        connect(&agent, "db", 5432),
+        alice_open.clone(),
+        alice_open.into_close(),
+        request(&agent, "GET", "/api/items"),
+        request(&agent, "POST", "/api/items?token=x"),
+        connect(&bob, "db", 5432),
+    ];
+    let permits = records
+        .iter()
+        .filter(|r| r.decision == Some(portcullis::audit::Decision::Permit))
+        .count();
+    assert_eq!(permits, 6, "the old file permits all but bob");
+    records
+}
+
+#[tokio::test]
+async fn review_replay_lists_recorded_decisions_that_change() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let old_path = dir.path().join("old.toml");
+    let new_path = dir.path().join("new.toml");
+    std::fs::write(&old_path, REPLAY_OLD).expect("write old");
+    std::fs::write(&new_path, replay_new()).expect("write new");
+    let old = portcullis::config::load(&old_path).expect("valid old file");
+    let db = dir.path().join("audit.db");
+    let url = format!("sqlite://{}", db.display());
+    write_audit(&url, "edge-1", replay_history(&old)).await;
+    let new_arg = new_path.to_str().expect("utf-8 path");
+    let old_arg = old_path.to_str().expect("utf-8 path");
+    let db_arg = db.to_str().expect("utf-8 path");
+
+    // Markdown, store given as a plain path.
+    let out = portcullis(&["review", new_arg, "--replay", db_arg]);
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    let text = stdout(&out);
+    let replay = &text[text
+        .find("# Portcullis replay")
+        .expect("replay after report")..];
+    assert!(replay.contains("## Would be denied (3)"), "{replay}");
+    assert!(replay.contains("## Would be permitted (1)"), "{replay}");
+    assert!(
+        replay.contains("### `tag:agent` on `db`: 2 records"),
+        "{replay}"
+    );
+    assert!(replay.contains("method_not_allowed"), "{replay}");
+    assert!(
+        replay.contains("### `bob@example.com` on `db`: 1 record"),
+        "{replay}"
+    );
+    assert!(
+        stderr(&out).contains("error: 4 recorded decisions would change"),
+        "{}",
+        stderr(&out)
+    );
+
+    // JSON, store given as a sqlite URL.
+    let out = portcullis(&["review", "--format", "json", new_arg, "--replay", &url]);
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert!(v["diff"].is_null());
+    let r = &v["replay"];
+    assert_eq!(r["totals"]["records"], 8, "seven records and the shutdown");
+    assert_eq!(r["totals"]["decisions"], 6, "the close is not a decision");
+    assert_eq!(r["totals"]["permit_to_deny"], 3);
+    assert_eq!(r["totals"]["deny_to_permit"], 1);
+    assert_eq!(r["totals"]["unchanged"], 2);
+    let groups = r["changes"].as_array().expect("changes");
+    let find = |caller: &str, endpoint: &str| {
+        groups
+            .iter()
+            .find(|g| g["caller"] == caller && g["endpoint"] == endpoint)
+            .unwrap_or_else(|| panic!("no group {caller} {endpoint}: {r}"))
+    };
+    let agent_db = find("tag:agent", "db");
+    assert_eq!(agent_db["change"], "permit_to_deny");
+    let seqs: Vec<u64> = agent_db["examples"]
+        .as_array()
+        .expect("examples")
+        .iter()
+        .filter_map(|e| e["seq"].as_u64())
+        .collect();
+    assert_eq!(seqs, [1, 2]);
+    assert_eq!(
+        agent_db["examples"][0]["new"]["reason"],
+        "not_in_allow_list"
+    );
+    let agent_web = find("tag:agent", "web");
+    assert_eq!(agent_web["count"], 1);
+    assert_eq!(agent_web["examples"][0]["seq"], 6);
+    assert_eq!(agent_web["examples"][0]["action"], "POST /api/items");
+    assert_eq!(
+        agent_web["examples"][0]["new"]["reason"],
+        "method_not_allowed"
+    );
+    let bob_db = find("bob@example.com", "db");
+    assert_eq!(bob_db["change"], "deny_to_permit");
+    assert_eq!(bob_db["examples"][0]["seq"], 7);
+    assert_eq!(bob_db["examples"][0]["old"]["reason"], "not_in_allow_list");
+    assert_eq!(r["recorded_under"][0]["fingerprint"], "f00d");
+
+    // The file the records were made under changes nothing: exit 0.
+    let out = portcullis(&["review", old_arg, "--replay", &url]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(stdout(&out).contains("No recorded decision would change."));
+
+    // Filters: nothing recorded after a future time or by another connector.
+    for extra in [
+        &["--since", "2999-01-01T00:00:00Z"][..],
+        &["--connector", "edge-9"][..],
+    ] {
+        let mut args = vec!["review", new_arg, "--replay", &url];
+        args.extend_from_slice(extra);
+        let out = portcullis(&args);
+        assert_eq!(code(&out), 0, "{extra:?}: {}", stderr(&out));
+        assert!(stdout(&out).contains("Records read: 0"), "{extra:?}");
+    }
+    let out = portcullis(&["review", new_arg, "--replay", &url, "--since", "1h"]);
+    assert_eq!(code(&out), 1, "records of the last hour change");
+
+    // Bad input: exit 2.
+    let missing = dir.path().join("missing.db");
+    let out = portcullis(&[
+        "review",
+        new_arg,
+        "--replay",
+        missing.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(code(&out), 2);
+    assert!(
+        stderr(&out).contains("cannot read audit store"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!missing.exists(), "a replay never creates a store");
+    let out = portcullis(&[
+        "review",
+        "tests/fixtures/config/bad-kind.toml",
+        "--replay",
+        &url,
+    ]);
+    assert_eq!(code(&out), 2);
+    let out = portcullis(&["review", new_arg, "--since", "1h"]);
+    assert_eq!(code(&out), 2, "--since needs --replay");
+}
+
 // ---- version ---------------------------------------------------------------
 
 #[test]

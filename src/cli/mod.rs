@@ -21,7 +21,8 @@ use portcullis::config::{self, Config, ConfigError};
 /// Exit code when the command did what was asked.
 pub const EXIT_OK: u8 = 0;
 /// Exit code when the check a command performs failed (warnings under
-/// `review --strict`, a broken audit chain).
+/// `review --strict`, recorded decisions that change under `review --replay`,
+/// a broken audit chain).
 pub const EXIT_CHECK_FAILED: u8 = 1;
 /// Exit code for bad input or an error; clap's usage errors use it too.
 pub const EXIT_ERROR: u8 = 2;

@@ -81,6 +81,7 @@ where
     let proxy = Proxy {
         ctx,
         caller: &caller,
+        port,
         refused: refused.as_ref(),
         upstream: Mutex::new(None),
     };
@@ -131,6 +132,9 @@ where
 struct Proxy<'a> {
     ctx: &'a DeviceCtx,
     caller: &'a Caller,
+    /// Tailnet port the connection came in on (recorded with each request,
+    /// so the request's decision can be replayed with its connection's).
+    port: u16,
     /// Set when the connection itself was denied.
     refused: Option<&'a Decision>,
     /// The upstream connection, opened at the first permitted request.
@@ -150,7 +154,8 @@ impl Proxy<'_> {
         let mut record = AuditGuard::new(
             &ctx.audit,
             Record::http_request(self.caller, &ctx.endpoint.name, &method, &target)
-                .with_device(ctx.hostname()),
+                .with_device(ctx.hostname())
+                .with_extra("port", self.port.into()),
         );
 
         // Authorize: the connection's denial wins; otherwise this request.

@@ -137,6 +137,8 @@ async fn allowed_get_passes_with_verified_identity_and_spoofs_stripped() {
     assert_eq!(requests[0].decision, Some(Decision::Permit));
     assert_eq!(requests[0].device.as_deref(), Some("web"));
     assert!(requests[0].latency_us.is_some());
+    // The connection's port, so the request can be replayed with it.
+    assert_eq!(requests[0].extra["port"], 80);
     assert_eq!(of_kind(&records, Kind::ConnectionOpen).len(), 1);
     let close = of_kind(&records, Kind::ConnectionClose);
     assert_eq!(close.len(), 1);

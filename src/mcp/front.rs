@@ -92,7 +92,7 @@ async fn handle(state: &McpState, req: Request<Incoming>, caller: Caller) -> Res
         let e = McpError::Denied {
             reason: decision.reason,
         };
-        deny_record(shared, &caller, &e, req.method());
+        deny_record(shared, &caller, &e, req.method(), MCP_PATH);
         return error_response(&e, None);
     }
     let session = req
@@ -108,7 +108,7 @@ async fn handle(state: &McpState, req: Request<Incoming>, caller: Caller) -> Res
             };
             if binding == Binding::Other {
                 tracing::warn!(caller = %caller.label(), "MCP session presented by another caller");
-                deny_record(shared, &caller, &e, req.method());
+                deny_record(shared, &caller, &e, req.method(), MCP_PATH);
             }
             return error_response(&e, None);
         }
@@ -149,7 +149,7 @@ fn metrics<B>(state: &McpState, req: &Request<B>, caller: &Caller) -> Response<B
         let e = McpError::Denied {
             reason: decision.reason,
         };
-        deny_record(shared, caller, &e, req.method());
+        deny_record(shared, caller, &e, req.method(), METRICS_PATH);
         return error_response(&e, None);
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
@@ -253,8 +253,10 @@ async fn track_session(
     }
 }
 
-fn deny_record(shared: &Shared, caller: &Caller, e: &McpError, method: &Method) {
-    let record = Record::connection_denied(
+/// Records a refused request to `path` (`/mcp` or `/metrics`) of the MCP
+/// device.
+fn deny_record(shared: &Shared, caller: &Caller, e: &McpError, method: &Method, path: &str) {
+    let mut record = Record::connection_denied(
         caller,
         &shared.device.name,
         &shared.device.name,
@@ -262,6 +264,7 @@ fn deny_record(shared: &Shared, caller: &Caller, e: &McpError, method: &Method) 
         &e.to_string(),
     )
     .with_extra("http_method", json!(method.as_str()));
+    record.path = Some(path.to_owned());
     shared.audit.record(record);
 }
 

@@ -47,6 +47,14 @@ fn caller_of(context: &RequestContext<RoleServer>) -> Result<Caller, McpError> {
         .ok_or(McpError::NoIdentity)
 }
 
+/// What let `caller` use the MCP device (`allowed_by_identity` or
+/// `allowed_by_capability`) under `policy`, for the records of requests the
+/// front has already admitted; `None` if the policy no longer admits it.
+fn access_reason(policy: &crate::policy::Policy, caller: &Caller) -> Option<String> {
+    let decision = decide(policy, caller, &Action::McpAccess);
+    decision.permit.then(|| decision.reason.code().to_owned())
+}
+
 fn to_error_data(e: &McpError) -> ErrorData {
     let code = match e.surface() {
         Surface::JsonRpc(code) => code,
@@ -106,6 +114,7 @@ impl rmcp::ServerHandler for Handler {
                 }),
             );
         record.status = Some("ok".to_owned());
+        record.reason = access_reason(&self.shared.policy.load(), &caller);
         self.shared.audit.record(record);
         self.shared.upstreams.listen(context.peer.clone());
         context.peer.set_peer_info(request.clone());
@@ -127,6 +136,7 @@ impl rmcp::ServerHandler for Handler {
             .permit()
             .with_extra("tools", json!(tools.len()));
         record.status = Some("ok".to_owned());
+        record.reason = access_reason(&policy, &caller);
         record.latency_us = Some(elapsed_us(started));
         self.shared.audit.record(record);
         Ok(ListToolsResult::with_all_items(tools))
@@ -214,6 +224,7 @@ impl Handler {
         match &route {
             Route::Whoami => {
                 record.decision = Some(crate::audit::Decision::Permit);
+                record.reason = access_reason(&policy, caller);
                 return Ok(json_result(builtin::whoami(
                     &policy,
                     caller,
@@ -222,6 +233,7 @@ impl Handler {
             }
             Route::ListEndpoints => {
                 record.decision = Some(crate::audit::Decision::Permit);
+                record.reason = access_reason(&policy, caller);
                 return Ok(json_result(builtin::list_endpoints(
                     &policy,
                     caller,
@@ -246,6 +258,12 @@ impl Handler {
             }
         };
         record.endpoint = Some(endpoint.clone());
+        // The request is recorded whatever the decision, so a denied call
+        // says what it asked for.
+        if let Some(a) = &http_args {
+            record.method = Some(a.method.clone());
+            record.path = Some(a.path.split('?').next().unwrap_or_default().to_owned());
+        }
         let decision = decide(
             &policy,
             caller,
@@ -260,8 +278,6 @@ impl Handler {
             });
         }
         if let Some(a) = &http_args {
-            record.method = Some(a.method.clone());
-            record.path = Some(a.path.split('?').next().unwrap_or_default().to_owned());
             authorize_http(&policy, caller, a)?;
         }
         record.decision = Some(crate::audit::Decision::Permit);

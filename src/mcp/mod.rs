@@ -72,6 +72,7 @@ use crate::policy::{Action, Decision, decide};
 pub use crate::policy::HTTP_REQUEST_TOOL;
 pub use error::{Fault, McpError, Surface};
 pub use federation::UpstreamStatus;
+pub(crate) use front::METRICS_PATH;
 pub use limits::{Limited, RateLimiter};
 
 /// Built-in tool: who the caller is and what they may use.

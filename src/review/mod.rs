@@ -3,14 +3,19 @@
 //!
 //! [`report`] describes every device a config creates, who can reach it and
 //! how, with [`Warning`]s for risky choices; [`diff`] compares two configs by
-//! exposure (identities gaining or losing access, not text lines). Both are
-//! built from the validated [`Config`], the same value `run` enforces, and
-//! carry its fingerprint so a sign-off names the exact file bytes.
+//! exposure (identities gaining or losing access, not text lines); [`replay`]
+//! decides the calls and connections of an audit log again under a config
+//! and lists those that would come out differently. All are built from the
+//! validated [`Config`], the same value `run` enforces, and carry its
+//! fingerprint so a sign-off names the exact file bytes.
 
 mod diff;
 mod render;
+mod replay;
 mod warnings;
 
+#[cfg(test)]
+mod replay_tests;
 #[cfg(test)]
 mod tests;
 
@@ -19,7 +24,14 @@ use serde::Serialize;
 use crate::config::{Config, Identity, Inspect, Kind};
 
 pub use diff::{DeviceSummary, Diff, FieldChange, ListChange, SectionDiff, diff};
-pub use render::{render_diff_json, render_diff_markdown, render_json, render_markdown};
+pub use render::{
+    render_diff_json, render_diff_markdown, render_json, render_markdown, render_replay_json,
+    render_replay_markdown,
+};
+pub use replay::{
+    Change, ChangeGroup, ChangedRecord, EXAMPLES_PER_CAUSE, EXAMPLES_PER_GROUP, NotReplayed,
+    Outcome, RecordRef, RecordedUnder, Replay, ReplaySource, ReplayTotals, Replayer, replay,
+};
 pub use warnings::Warning;
 
 /// Everything a reviewer needs about one config version.

@@ -5,7 +5,7 @@
 
 use std::fmt::Write;
 
-use super::{Access, Diff, Report, SectionDiff};
+use super::{Access, Change, Diff, Outcome, Replay, Report, SectionDiff};
 
 // `write!` into a String cannot fail; the results are ignored on purpose.
 
@@ -24,6 +24,11 @@ pub fn render_json(report: &Report) -> String {
 /// The diff as pretty-printed JSON.
 pub fn render_diff_json(diff: &Diff) -> String {
     json(diff)
+}
+
+/// The replay as pretty-printed JSON.
+pub fn render_replay_json(replay: &Replay) -> String {
+    json(replay)
 }
 
 fn who(access: &[Access]) -> String {
@@ -229,6 +234,181 @@ pub fn render_diff_markdown(diff: &Diff) -> String {
     if let Some(t) = &diff.tailnet {
         let _ = writeln!(out, "## Tailnet\n");
         section(&mut out, t);
+    }
+    out
+}
+
+/// `text` as an inline code span, fenced so a backtick inside stays text.
+fn code(text: &str) -> String {
+    if text.contains('`') {
+        format!("`` {text} ``")
+    } else {
+        format!("`{text}`")
+    }
+}
+
+/// `text` made safe for one Markdown table cell.
+fn cell(text: &str) -> String {
+    text.replace('|', "\\|").replace(['\r', '\n'], " ")
+}
+
+fn outcome(o: &Outcome) -> String {
+    let mut text = o.decision.to_string();
+    if let Some(reason) = &o.reason {
+        let _ = write!(text, " ({reason})");
+    }
+    if let Some(detail) = &o.detail {
+        let _ = write!(text, ": {detail}");
+    }
+    cell(&text)
+}
+
+/// The replay as Markdown.
+pub fn render_replay_markdown(replay: &Replay) -> String {
+    let mut out = String::new();
+    let t = &replay.totals;
+    let _ = writeln!(
+        out,
+        "# Portcullis replay: {} against recorded decisions\n",
+        replay.file
+    );
+    let _ = writeln!(out, "- Proposed file: {}", code(&replay.fingerprint));
+    let _ = writeln!(out, "- Audit store: {}", code(&replay.source.store));
+    if let Some(since) = &replay.source.since {
+        let _ = writeln!(out, "- Records since: {since}");
+    }
+    if let Some(connector) = &replay.source.connector {
+        let _ = writeln!(out, "- Connector: {}", code(connector));
+    }
+    let _ = writeln!(
+        out,
+        "- Records read: {}, of which {} decisions",
+        t.records, t.decisions
+    );
+    let _ = writeln!(
+        out,
+        "- Replayed: {}; unchanged: {} ({} with another reason); not replayed: {}",
+        t.replayed, t.unchanged, t.reason_changed, t.not_replayed
+    );
+    let _ = writeln!(
+        out,
+        "- **Would change: {}** ({} permit -> deny, {} deny -> permit)\n",
+        t.changed, t.permit_to_deny, t.deny_to_permit
+    );
+
+    if !replay.recorded_under.is_empty() {
+        let _ = writeln!(out, "Recorded under:\n");
+        for r in &replay.recorded_under {
+            let this = if r.fingerprint == replay.fingerprint {
+                " (the proposed file)"
+            } else {
+                ""
+            };
+            let _ = writeln!(
+                out,
+                "- {}{this}: {} decisions",
+                code(&r.fingerprint),
+                r.decisions
+            );
+        }
+        out.push('\n');
+    }
+
+    if !replay.capabilities_recorded {
+        let _ = writeln!(
+            out,
+            "> The audit log does not record tailnet app capabilities, so callers are\n\
+             > replayed holding none and decisions granted by a capability cannot be\n\
+             > replayed exactly. Changed records that may be wrong for this reason are\n\
+             > marked *inexact* ({} here).",
+            t.inexact
+        );
+        if let Some(cap) = &replay.capability {
+            let _ = writeln!(
+                out,
+                ">\n> The proposed file grants through capability {}: where this replay\n\
+                 > says deny, a caller holding a grant may still be permitted.",
+                code(cap)
+            );
+        }
+        out.push('\n');
+    }
+
+    if !replay.has_changes() {
+        let _ = writeln!(out, "No recorded decision would change.\n");
+    }
+    for (change, title, total) in [
+        (Change::PermitToDeny, "Would be denied", t.permit_to_deny),
+        (Change::DenyToPermit, "Would be permitted", t.deny_to_permit),
+    ] {
+        if total == 0 {
+            continue;
+        }
+        let _ = writeln!(out, "## {title} ({total})\n");
+        for g in replay.changes.iter().filter(|g| g.change == change) {
+            let s = if g.count == 1 { "" } else { "s" };
+            let inexact = if g.inexact > 0 {
+                format!(" ({} inexact)", g.inexact)
+            } else {
+                String::new()
+            };
+            let _ = writeln!(
+                out,
+                "### {} on {}: {} record{s}{inexact}\n",
+                code(&g.caller),
+                code(&g.endpoint),
+                g.count
+            );
+            let _ = writeln!(
+                out,
+                "| record | time | node | action | recorded | replayed |"
+            );
+            let _ = writeln!(out, "| --- | --- | --- | --- | --- | --- |");
+            for e in &g.examples {
+                let mut replayed = outcome(&e.new);
+                if let Some(why) = &e.inexact {
+                    let _ = write!(replayed, "<br>*inexact*: {}", cell(why));
+                }
+                let _ = writeln!(
+                    out,
+                    "| {} #{} | {} | {} | {} | {} | {replayed} |",
+                    cell(&e.connector),
+                    e.seq,
+                    e.time.as_deref().unwrap_or("-"),
+                    cell(&e.node),
+                    cell(&e.action),
+                    outcome(&e.old),
+                );
+            }
+            let shown = g.examples.len() as u64;
+            if g.count > shown {
+                let _ = writeln!(out, "\n...and {} more.", g.count - shown);
+            }
+            out.push('\n');
+        }
+    }
+
+    if !replay.not_replayed.is_empty() {
+        let _ = writeln!(out, "## Not replayed ({})\n", t.not_replayed);
+        for n in &replay.not_replayed {
+            let examples: Vec<String> = n
+                .examples
+                .iter()
+                .map(|r| format!("{} #{} ({})", r.connector, r.seq, r.kind))
+                .collect();
+            let _ = writeln!(
+                out,
+                "- {} {}: {}; e.g. {}",
+                n.count,
+                code(&n.cause),
+                n.why,
+                examples.join(", ")
+            );
+        }
+        out.push('\n');
+    }
+    while out.ends_with("\n\n") {
+        out.pop();
     }
     out
 }

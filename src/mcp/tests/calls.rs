@@ -78,6 +78,18 @@ async fn tools_and_identity_differ_per_caller() {
             .is_some_and(|d| d.starts_with("sha256:"))
     );
     assert_eq!(whoami.record.status.as_deref(), Some("ok"));
+    // Records of admitted MCP requests say what admitted the caller.
+    assert_eq!(whoami.record.reason.as_deref(), Some("allowed_by_identity"));
+    for r in records
+        .iter()
+        .filter(|r| matches!(r.record.kind, Kind::McpInitialize | Kind::McpListTools))
+    {
+        assert_eq!(
+            r.record.reason.as_deref(),
+            Some("allowed_by_identity"),
+            "{r:?}"
+        );
+    }
     h.finish().await;
 }
 
@@ -228,6 +240,13 @@ async fn denied_requests_never_reach_the_backend() {
         .collect();
     assert_eq!(denied.len(), 6, "{denied:?}");
     assert!(denied.contains(&"method_not_allowed"));
+    // A call refused before its request is decided still records it.
+    let refused = records
+        .iter()
+        .find(|r| r.record.reason.as_deref() == Some("not_in_allow_list"))
+        .expect("not_in_allow_list record");
+    assert_eq!(refused.record.method.as_deref(), Some("POST"));
+    assert_eq!(refused.record.path.as_deref(), Some("/x"));
     h.finish().await;
 }
 

@@ -80,6 +80,15 @@ async fn bad_requests_get_clear_errors() {
         matches!(err, ServiceError::McpError(ref e) if e.code.0 == -32602),
         "{err:?}"
     );
+
+    // The refused metrics read is recorded with its path.
+    let records = h.records().await;
+    let metrics = records
+        .iter()
+        .find(|r| r.record.reason.as_deref() == Some("metrics_not_allowed"))
+        .expect("metrics refusal record");
+    assert_eq!(metrics.record.kind, Kind::ConnectionDenied);
+    assert_eq!(metrics.record.path.as_deref(), Some("/metrics"));
     h.finish().await;
 }
 
@@ -99,6 +108,7 @@ async fn callers_outside_the_mcp_allow_list_are_refused_and_audited() {
         .find(|r| r.record.kind == Kind::ConnectionDenied)
         .expect("denied record");
     assert_eq!(denied.record.reason.as_deref(), Some("mcp_not_allowed"));
+    assert_eq!(denied.record.path.as_deref(), Some("/mcp"));
     assert_eq!(
         denied.record.caller.as_ref().map(|c| c.node_id.as_str()),
         Some("n-eve")

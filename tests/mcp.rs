@@ -12,20 +12,9 @@ use std::time::{Duration, Instant};
 
 use common::connector::{self, Connector};
 use common::headscale::free_port;
-use common::{APP_CAP, Headscale, Tailscaled};
+use common::{APP_CAP, Headscale, Tailscaled, python};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-fn python() -> String {
-    std::env::var("PORTCULLIS_PYTHON").unwrap_or_else(|_| {
-        let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
-        assert!(
-            venv.exists(),
-            "no Python test clients: run scripts/setup (or set PORTCULLIS_PYTHON)"
-        );
-        venv.display().to_string()
-    })
-}
 
 fn script(name: &str) -> String {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -14,21 +14,11 @@ use std::time::{Duration, Instant};
 use common::connector::{self, Connector};
 use common::net::{counting_backend, echo_http_backend, http, tcp_echo_backend};
 use common::postgres::Postgres;
-use common::{Headscale, node};
+use common::{Headscale, node, python};
 use portcullis::tailnet::Node;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-fn python() -> String {
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
-    assert!(
-        venv.exists(),
-        "{} is missing: run scripts/setup",
-        venv.display()
-    );
-    venv.display().to_string()
-}
 
 /// Replaces `path` atomically, as an editor or a ConfigMap update does.
 fn write_file(path: &Path, text: &str) {
@@ -451,6 +441,22 @@ async fn load(
     all
 }
 
+/// Starts four load loops and waits until 20 calls were answered; set the
+/// flag to stop them, then await the handle for the answered paths.
+async fn start_load(agent: &Node) -> (Arc<AtomicBool>, tokio::task::JoinHandle<Vec<String>>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicU64::new(0));
+    let loader = {
+        let (agent, stop, ok) = (agent.clone(), stop.clone(), ok.clone());
+        tokio::spawn(async move { load(&agent, 4, stop, ok).await })
+    };
+    wait_until("20 calls answered", Duration::from_secs(60), || {
+        ok.load(Ordering::Relaxed) >= 20
+    })
+    .await;
+    (stop, loader)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_load_records_every_completed_call_and_kill_9_leaves_a_valid_chain() {
     common::trace();
@@ -476,16 +482,7 @@ async fn sigterm_under_load_records_every_completed_call_and_kill_9_leaves_a_val
     let agent = node(&hs, "agent", &agent_key).await;
 
     // SIGTERM in the middle of load.
-    let stop = Arc::new(AtomicBool::new(false));
-    let ok = Arc::new(AtomicU64::new(0));
-    let loader = {
-        let (agent, stop, ok) = (agent.clone(), stop.clone(), ok.clone());
-        tokio::spawn(async move { load(&agent, 4, stop, ok).await })
-    };
-    wait_until("20 calls answered", Duration::from_secs(60), || {
-        ok.load(Ordering::Relaxed) >= 20
-    })
-    .await;
+    let (stop, loader) = start_load(&agent).await;
     let (status, output) = tokio::task::spawn_blocking(move || {
         let mut conn = conn;
         let status = conn.stop();
@@ -525,16 +522,7 @@ async fn sigterm_under_load_records_every_completed_call_and_kill_9_leaves_a_val
 
     // kill -9 under load: the chain still verifies, and a restart resumes it.
     let conn = start().await.expect("restart");
-    let stop = Arc::new(AtomicBool::new(false));
-    let ok = Arc::new(AtomicU64::new(0));
-    let loader = {
-        let (agent, stop, ok) = (agent.clone(), stop.clone(), ok.clone());
-        tokio::spawn(async move { load(&agent, 4, stop, ok).await })
-    };
-    wait_until("20 calls answered", Duration::from_secs(60), || {
-        ok.load(Ordering::Relaxed) >= 20
-    })
-    .await;
+    let (stop, loader) = start_load(&agent).await;
     conn.signal(nix::sys::signal::Signal::SIGKILL);
     let conn = tokio::task::spawn_blocking(move || {
         let mut conn = conn;

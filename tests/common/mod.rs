@@ -52,3 +52,16 @@ pub fn trace() {
             .try_init();
     });
 }
+
+/// The Python interpreter with the test clients (`.venv`, made by
+/// `scripts/setup`), or `$PORTCULLIS_PYTHON`.
+pub fn python() -> String {
+    std::env::var("PORTCULLIS_PYTHON").unwrap_or_else(|_| {
+        let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+        assert!(
+            venv.exists(),
+            "no Python test clients: run scripts/setup (or set PORTCULLIS_PYTHON)"
+        );
+        venv.display().to_string()
+    })
+}

@@ -19,6 +19,10 @@ import (
 	"unsafe"
 )
 
+// discardFor bounds how long a connection whose caller stopped reading
+// keeps draining the tailnet peer while the reply goes out.
+const discardFor = 10 * time.Second
+
 // copyBufs holds the splice buffers; 64 KiB matches the tailnet TCP window
 // chunks well and keeps the per-connection cost at two buffers in flight.
 var copyBufs = sync.Pool{New: func() any { b := make([]byte, 64<<10); return &b }}
@@ -39,8 +43,13 @@ func splice(n *node, tc net.Conn, uc *net.UnixConn) {
 	go func() { // tailnet -> caller
 		defer wg.Done()
 		if err := copyHalf(uc, tc); err != nil {
-			tc.Close()
-			uc.Close()
+			// The caller stopped reading, typically after answering and
+			// closing (an oversized request, a denial). Closing tc now
+			// would reset it before the other direction has delivered
+			// that answer; instead discard what the peer still sends,
+			// for a bounded time, and let the other direction finish.
+			tc.SetReadDeadline(time.Now().Add(discardFor))
+			io.Copy(io.Discard, tc)
 			return
 		}
 		uc.CloseWrite()

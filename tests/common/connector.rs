@@ -41,6 +41,11 @@ impl Connector {
     /// the earlier run's output).
     pub fn start_named(config: &Path, auth_key: &str, audit_url: &str, name: &str) -> Connector {
         let log = config.with_extension(format!("{name}.log"));
+        // The log is appended to: an earlier run's lines are already there.
+        let served = std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .matches("serving ")
+            .count();
         let out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -68,16 +73,21 @@ impl Connector {
             log,
             audit_url: audit_url.to_string(),
         };
-        c.wait_for("serving ", Duration::from_secs(120));
+        c.wait_for_count("serving ", served + 1, Duration::from_secs(120));
         c
     }
 
     /// Waits until the output contains `needle`; panics with the output if
     /// the process exits or the deadline passes.
     pub fn wait_for(&mut self, needle: &str, timeout: Duration) {
+        self.wait_for_count(needle, 1, timeout);
+    }
+
+    /// Waits until the output contains `needle` at least `count` times.
+    pub fn wait_for_count(&mut self, needle: &str, count: usize, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         loop {
-            if self.output().contains(needle) {
+            if self.output().matches(needle).count() >= count {
                 return;
             }
             if let Some(child) = self.child.as_mut()

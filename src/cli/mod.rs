@@ -36,6 +36,25 @@ pub enum LogFormat {
     Json,
 }
 
+/// Whether stderr is for people (`--log-format human`).
+static HUMAN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Whether status lines go to stderr as plain text (`--log-format human`)
+/// rather than as log events.
+pub fn human() -> bool {
+    HUMAN.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// A status line for the operator: plain text on stderr with
+/// `--log-format human`, an info event (one JSON object) with `json`.
+pub fn say(line: std::fmt::Arguments<'_>) {
+    if human() {
+        eprintln!("{line}");
+    } else {
+        tracing::info!("{line}");
+    }
+}
+
 /// Installs the tracing subscriber, writing to stderr. `filter` is the
 /// `--log` value; without it `PORTCULLIS_LOG`, else `info`.
 pub fn init_logging(format: LogFormat, filter: Option<&str>) -> anyhow::Result<()> {
@@ -53,6 +72,10 @@ pub fn init_logging(format: LogFormat, filter: Option<&str>) -> anyhow::Result<(
         .with_env_filter(filter)
         .with_ansi(color)
         .with_writer(std::io::stderr);
+    HUMAN.store(
+        format == LogFormat::Human,
+        std::sync::atomic::Ordering::Relaxed,
+    );
     let installed = match format {
         LogFormat::Human => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),

@@ -155,10 +155,10 @@ impl Reloader {
                 .with_extra("upstreams_stopped", json!(upstreams_stopped))
                 .with_extra("connections_revoked", revoked.into()),
         );
-        eprintln!(
+        super::say(format_args!(
             "reloaded {}: fingerprint {} (was {})",
             new.file_name, new.fingerprint, self.config.fingerprint
-        );
+        ));
         self.pinned = pinned;
         self.config = new;
     }
@@ -169,10 +169,10 @@ impl Reloader {
             reason = code,
             "reload rejected; the running config stays in force:\n{why}"
         );
-        eprintln!(
+        super::say(format_args!(
             "reload rejected ({code}); still serving fingerprint {}:\n{why}",
             self.config.fingerprint
-        );
+        ));
         let mut record = Record::reload_rejected(code, why)
             .with_extra("trigger", trigger.as_str().into())
             .with_extra("old_fingerprint", self.config.fingerprint.clone().into());

@@ -73,7 +73,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     audit.record(startup_record(&config, &plan));
 
     let options = Options {
-        progress: true,
+        progress: super::human(),
         ..Options::default()
     };
     let policy = devices::shared_policy(Policy::from_config(&config));
@@ -114,12 +114,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             return Err(e).context("starting devices");
         }
     };
-    eprintln!(
+    super::say(format_args!(
         "serving {} ({}), fingerprint {}; reload with SIGHUP, stop with SIGTERM or Ctrl-C",
         config.file_name,
         audit.connector(),
         config.fingerprint
-    );
+    ));
 
     if let Some(state) = &mcp_state {
         let (board, audit) = (connector.status_board(), audit.clone());
@@ -159,15 +159,15 @@ async fn serve_until_stopped(
     });
     loop {
         tokio::select! {
-            _ = terminate.recv() => { eprintln!("SIGTERM: stopping"); break; }
-            _ = tokio::signal::ctrl_c() => { eprintln!("SIGINT: stopping"); break; }
+            _ = terminate.recv() => { super::say(format_args!("SIGTERM: stopping")); break; }
+            _ = tokio::signal::ctrl_c() => { super::say(format_args!("SIGINT: stopping")); break; }
             _ = hangup.recv() => {
-                eprintln!("SIGHUP: reloading");
+                super::say(format_args!("SIGHUP: reloading"));
                 reloader.reload(&mut connector, Trigger::Signal).await;
             }
             _ = async { poll.as_mut().expect("guarded").tick().await }, if poll.is_some() => {
                 if reloader.file_changed() {
-                    eprintln!("endpoint file changed: reloading");
+                    super::say(format_args!("endpoint file changed: reloading"));
                     reloader.reload(&mut connector, Trigger::FileChanged).await;
                 }
             }
@@ -182,17 +182,23 @@ async fn serve_until_stopped(
             }
         }
     }
-    eprintln!("draining connections for up to {}s", drain.as_secs());
+    super::say(format_args!(
+        "draining connections for up to {}s",
+        drain.as_secs()
+    ));
     let report = connector.shutdown(drain).await;
     if report.cut > 0 {
-        eprintln!("{} connections cut at the drain deadline", report.cut);
+        super::say(format_args!(
+            "{} connections cut at the drain deadline",
+            report.cut
+        ));
     }
     audit.shutdown().await.context("flushing the audit log")?;
     writer
         .await
         .context("audit writer panicked")?
         .context("audit writer")?;
-    eprintln!("stopped");
+    super::say(format_args!("stopped"));
     Ok(ExitCode::SUCCESS)
 }
 

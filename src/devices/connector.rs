@@ -38,7 +38,8 @@ pub struct Options {
     pub max_connections: usize,
     /// How long each node may take to join the tailnet.
     pub up_timeout: Duration,
-    /// Print start-up progress on stderr.
+    /// Print start-up progress as plain lines on stderr (else as info
+    /// log events).
     pub progress: bool,
 }
 
@@ -461,6 +462,8 @@ impl Connector {
     pub(super) fn progress(&self, line: std::fmt::Arguments<'_>) {
         if self.options.progress {
             eprintln!("{line}");
+        } else {
+            tracing::info!("{line}");
         }
     }
 

@@ -24,6 +24,8 @@
 //!   `AuditLog` on a SQLite file and once on `sqlite::memory:`.
 //!
 //! Run: `cargo bench --bench mcp` (prints a table; figures, not asserts).
+//! `MCP_BENCH_INPROCESS_ONLY=1` runs only the in-process row at c = 1
+//! (no tailnet), for profiling the MCP layer.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -71,6 +73,24 @@ fn main() {
 }
 
 async fn run() {
+    if std::env::var_os("MCP_BENCH_INPROCESS_ONLY").is_some() {
+        // For profiling the MCP layer alone: no tailnet, in-memory audit, c = 1.
+        let web = backend().await;
+        let (addr, audit) = in_process("http://127.0.0.1:9", web, "sqlite::memory:").await;
+        let row = measure(
+            "in-process MCP, audit memory",
+            1,
+            Transport::Tcp(addr),
+            Proto::Mcp,
+        )
+        .await;
+        println!(
+            "{}: p50 {:.0} us, p99 {:.0} us, {:.0} calls/s ({} calls)",
+            row.name, row.p50_us, row.p99_us, row.per_s, row.n
+        );
+        audit.shutdown().await.expect("audit shutdown");
+        return;
+    }
     let hs = tokio::task::spawn_blocking(Headscale::start)
         .await
         .expect("headscale");

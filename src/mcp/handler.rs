@@ -313,7 +313,7 @@ impl Handler {
                         endpoint: endpoint.clone(),
                         why: "target was not resolved".to_owned(),
                     })?;
-                let out = http_tool::send(settings, pinned, &a, caller).await?;
+                let out = http_tool::send(settings, pinned, &a, caller, &shared.pool).await?;
                 if let Some(status) = out.get("status") {
                     record.set_extra("http_status", status.clone());
                 }

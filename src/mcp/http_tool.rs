@@ -17,8 +17,15 @@
 //!   flag tells it the rest is missing.
 //! - The body comes back as text when it is UTF-8, else as base64 with
 //!   `"body_encoding": "base64"`.
+//! - Connections to a target are kept for reuse ([`Pool`]), keyed by the
+//!   endpoint and its pinned addresses, so a reload that re-pins a target
+//!   never reuses a connection to the old addresses. A request that finds a
+//!   reused connection closed by the backend before it was sent is retried
+//!   once on a new connection; one that may have reached the backend is
+//!   not.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use base64::Engine;
@@ -34,6 +41,53 @@ use crate::config::{Endpoint, HttpRules};
 use crate::identity::Caller;
 
 use super::error::McpError;
+
+/// Idle connections kept per target.
+const POOL_PER_TARGET: usize = 32;
+
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+/// Idle HTTP/1.1 connections to pinned targets, for reuse by later calls.
+#[derive(Default)]
+pub struct Pool {
+    idle: Mutex<HashMap<String, Vec<Sender>>>,
+}
+
+impl Pool {
+    fn key(endpoint: &str, pinned: &Pinned) -> String {
+        format!("{endpoint} {} {:?}", pinned.target, pinned.addrs)
+    }
+
+    /// An idle connection to the target that is still open.
+    fn take(&self, key: &str) -> Option<Sender> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let list = idle.get_mut(key)?;
+        while let Some(sender) = list.pop() {
+            if sender.is_ready() {
+                return Some(sender);
+            }
+        }
+        None
+    }
+
+    /// Keeps `sender` for reuse if it can take another request.
+    fn give(&self, key: String, sender: Sender) {
+        if !sender.is_ready() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let list = idle.entry(key).or_default();
+        list.retain(|s| !s.is_closed());
+        if list.len() < POOL_PER_TARGET {
+            list.push(sender);
+        }
+    }
+
+    /// Drops every idle connection (after a reload).
+    pub fn clear(&self) {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+}
 
 /// Header prefixes that carry identity; only the connector may send them.
 const IDENTITY_PREFIXES: [&str; 2] = ["x-portcullis-", "tailscale-"];
@@ -189,6 +243,7 @@ pub async fn send(
     pinned: &Pinned,
     args: &HttpArgs,
     caller: &Caller,
+    pool: &Pool,
 ) -> Result<Value, McpError> {
     let name = endpoint.name.clone();
     let rules = endpoint.http.as_ref().ok_or_else(|| McpError::Http {
@@ -209,22 +264,31 @@ pub async fn send(
         why: "target is not a valid Host header".to_owned(),
     })?;
     headers.insert(header::HOST, host);
-    let mut request = Request::builder()
-        .method(method)
-        .uri(args.target())
-        .body(Full::new(Bytes::from(
-            args.body.clone().unwrap_or_default(),
-        )))
-        .map_err(|e| McpError::InvalidArguments {
-            tool: super::HTTP_REQUEST_TOOL.to_owned(),
-            why: e.to_string(),
-        })?;
-    *request.headers_mut() = headers;
+    let body = Bytes::from(args.body.clone().unwrap_or_default());
+    let target = args.target();
+    let build = || {
+        let mut request = Request::builder()
+            .method(method.clone())
+            .uri(target.as_str())
+            .body(Full::new(body.clone()))
+            .map_err(|e| McpError::InvalidArguments {
+                tool: super::HTTP_REQUEST_TOOL.to_owned(),
+                why: e.to_string(),
+            })?;
+        *request.headers_mut() = headers.clone();
+        Ok::<_, McpError>(request)
+    };
+    let request = build()?;
 
     let total = Duration::from_millis(rules.timeout_ms);
     let connect = Duration::from_millis(endpoint.connect_timeout_ms);
     let cap = usize::try_from(rules.max_response_bytes).unwrap_or(usize::MAX);
-    let exchange = async {
+    let key = Pool::key(&name, pinned);
+    let http_error = |e: hyper::Error| McpError::Http {
+        endpoint: name.clone(),
+        why: e.to_string(),
+    };
+    let fresh = || async {
         let stream = pinned
             .connect(connect)
             .await
@@ -232,17 +296,32 @@ pub async fn send(
                 endpoint: name.clone(),
                 source,
             })?;
-        let http_error = |e: hyper::Error| McpError::Http {
-            endpoint: name.clone(),
-            why: e.to_string(),
-        };
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(http_error)?;
-        let driver = tokio::spawn(async move {
+        // Runs the connection until the sender is dropped or the backend
+        // closes it.
+        tokio::spawn(async move {
             let _ = conn.await;
         });
-        let response = sender.send_request(request).await.map_err(http_error)?;
+        Ok::<_, McpError>(sender)
+    };
+    let exchange = async {
+        let (mut sender, reused) = match pool.take(&key) {
+            Some(sender) => (sender, true),
+            None => (fresh().await?, false),
+        };
+        let response = match sender.try_send_request(request).await {
+            Ok(response) => response,
+            // Closed by the backend before the request was written: it
+            // never arrived, so sending it again is safe.
+            Err(mut e) if reused && e.message().is_some() => {
+                let request = e.take_message().unwrap_or(build()?);
+                sender = fresh().await?;
+                sender.send_request(request).await.map_err(http_error)?
+            }
+            Err(e) => return Err(http_error(e.into_error())),
+        };
         let (parts, mut body) = response.into_parts();
         let mut buf = BytesMut::new();
         let mut truncated = false;
@@ -258,9 +337,12 @@ pub async fn send(
                 buf.extend_from_slice(&data);
             }
         }
-        // Dropping the body of a truncated response closes the connection.
+        // A truncated body was not read to its end: that connection is
+        // not reusable, and dropping it closes it.
         drop(body);
-        driver.abort();
+        if !truncated {
+            pool.give(key, sender);
+        }
         Ok::<_, McpError>((parts, buf.freeze(), truncated))
     };
     let (parts, body, truncated) =
@@ -341,5 +423,92 @@ mod tests {
         let text = "héllo".as_bytes();
         assert_eq!(body_text(&text[..2], true), ("h".to_owned(), "text"));
         assert_eq!(body_text(&[0xff, 0x00], false).1, "base64");
+    }
+
+    /// A loopback HTTP/1.1 backend: answers every request with `ok`,
+    /// closing the connection after the request whose path is `/close`;
+    /// counts connections.
+    async fn backend() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let conns = std::sync::Arc::new(AtomicUsize::new(0));
+        let seen = conns.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                seen.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 1024];
+                    loop {
+                        let Ok(n) = s.read(&mut chunk).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                            buf.drain(..end + 4);
+                            let close = head.starts_with("GET /close ");
+                            let extra = if close { "connection: close\r\n" } else { "" };
+                            let resp =
+                                format!("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n{extra}\r\nok");
+                            if s.write_all(resp.as_bytes()).await.is_err() || close {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        (port, conns)
+    }
+
+    #[tokio::test]
+    async fn connections_are_reused_and_a_closed_one_is_replaced() {
+        use std::sync::atomic::Ordering;
+        let (port, conns) = backend().await;
+        let config = crate::config::parse(
+            &format!(
+                "[tailnet]\ncontrol_url = \"http://127.0.0.1:9\"\nauth_key_env = \"K\"\n\
+                 state_dir = \"/tmp/x\"\n[[endpoint]]\nname = \"web\"\nkind = \"http\"\n\
+                 target = \"127.0.0.1:{port}\"\nallow = [\"*\"]\n"
+            ),
+            "t.toml",
+        )
+        .unwrap();
+        let endpoint = config.endpoint("web").unwrap();
+        let pinned = crate::backend::pin(&endpoint.target).await.unwrap();
+        let caller = super::super::tests::caller("n1", None, &["tag:agent"]);
+        let pool = Pool::default();
+        let get = |path: &str| {
+            HttpArgs::parse(&json!({"endpoint": "web", "method": "GET", "path": path})).unwrap()
+        };
+        for _ in 0..3 {
+            let out = send(endpoint, &pinned, &get("/a"), &caller, &pool)
+                .await
+                .unwrap();
+            assert_eq!(out["body"], "ok");
+        }
+        assert_eq!(conns.load(Ordering::SeqCst), 1, "one kept-alive connection");
+        // The backend closes this one: the next call opens another.
+        let out = send(endpoint, &pinned, &get("/close"), &caller, &pool)
+            .await
+            .unwrap();
+        assert_eq!(out["body"], "ok");
+        let out = send(endpoint, &pinned, &get("/a"), &caller, &pool)
+            .await
+            .unwrap();
+        assert_eq!(out["body"], "ok");
+        assert_eq!(conns.load(Ordering::SeqCst), 2);
+        // After a reload the pool starts empty.
+        pool.clear();
+        send(endpoint, &pinned, &get("/a"), &caller, &pool)
+            .await
+            .unwrap();
+        assert_eq!(conns.load(Ordering::SeqCst), 3);
     }
 }

@@ -128,6 +128,7 @@ pub(crate) struct Shared {
     pub upstreams: federation::Federation,
     pub shutdown: CancellationToken,
     pub metrics: std::sync::OnceLock<MetricsSource>,
+    pub pool: http_tool::Pool,
 }
 
 /// Renders the `/metrics` page, given the upstreams' status.
@@ -191,6 +192,7 @@ impl McpState {
             upstreams,
             shutdown: shutdown.clone(),
             metrics: std::sync::OnceLock::new(),
+            pool: http_tool::Pool::default(),
         });
         let session_manager = Arc::new(LocalSessionManager::default());
         let rmcp_config = StreamableHttpServerConfig::default()
@@ -243,6 +245,7 @@ impl McpState {
         let endpoints = Endpoints::new(config, pinned);
         let changed = federation::apply(&self.shared, &endpoints);
         self.shared.endpoints.store(Arc::new(endpoints));
+        self.shared.pool.clear();
         self.shared.limiter.set_limits(rate_limits(config));
         changed
     }

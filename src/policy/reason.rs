@@ -92,6 +92,24 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// Every code [`code`](Self::code) can return.
+    pub const CODES: [&'static str; 14] = [
+        "allowed_by_identity",
+        "allowed_by_capability",
+        "unknown_endpoint",
+        "wrong_kind",
+        "not_in_allow_list",
+        "port_not_allowed",
+        "method_not_allowed",
+        "path_not_allowed",
+        "malformed_path",
+        "tool_denied",
+        "tool_not_allowed",
+        "mcp_not_allowed",
+        "mcp_not_configured",
+        "metrics_not_allowed",
+    ];
+
     /// Stable snake_case code.
     pub fn code(&self) -> &'static str {
         match self {

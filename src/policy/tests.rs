@@ -165,22 +165,7 @@ fn decision_table() {
 #[test]
 fn every_reason_code_is_covered_and_distinct() {
     // Kept in step with the table above and the no-[mcp] test below.
-    let codes = [
-        "allowed_by_identity",
-        "allowed_by_capability",
-        "unknown_endpoint",
-        "wrong_kind",
-        "not_in_allow_list",
-        "port_not_allowed",
-        "method_not_allowed",
-        "path_not_allowed",
-        "malformed_path",
-        "tool_denied",
-        "tool_not_allowed",
-        "mcp_not_allowed",
-        "mcp_not_configured",
-        "metrics_not_allowed",
-    ];
+    let codes = Reason::CODES;
     let unique: std::collections::BTreeSet<_> = codes.iter().collect();
     assert_eq!(unique.len(), codes.len());
 }

@@ -52,22 +52,7 @@ pub const EXAMPLES_PER_CAUSE: usize = 3;
 /// Every reason code [`policy::decide`] can give. A recorded denial with
 /// another code was made by something else (rate limit, unknown tool,
 /// argument checks).
-const POLICY_CODES: [&str; 14] = [
-    "allowed_by_identity",
-    "allowed_by_capability",
-    "unknown_endpoint",
-    "wrong_kind",
-    "not_in_allow_list",
-    "port_not_allowed",
-    "method_not_allowed",
-    "path_not_allowed",
-    "malformed_path",
-    "tool_denied",
-    "tool_not_allowed",
-    "mcp_not_allowed",
-    "mcp_not_configured",
-    "metrics_not_allowed",
-];
+const POLICY_CODES: [&str; 14] = crate::policy::Reason::CODES;
 
 fn is_policy_code(code: &str) -> bool {
     POLICY_CODES.contains(&code)

@@ -339,6 +339,25 @@ async fn reload_applies_changes_revokes_access_and_keeps_untouched_transfers() {
         "{text}"
     );
 
+    // A removed device can come back: same state dir, same node.
+    let v3 = format!(
+        "{v2}{}",
+        tcp_endpoint("legacy", legacy, 7000, r#""tag:agent""#)
+    );
+    write_file(&file, &v3);
+    let c = tokio::task::spawn_blocking(move || {
+        conn.wait_for_count("reloaded ", 2, Duration::from_secs(120));
+        conn
+    });
+    let mut conn = c.await.expect("reloaded again");
+    let mut back = agent
+        .dial("legacy:7000", Duration::from_secs(30))
+        .await
+        .expect("legacy is back");
+    let mut hello = String::new();
+    back.read_to_string(&mut hello).await.expect("read");
+    assert_eq!(hello, "hello from backend\n");
+
     // The transfer on the untouched device ran through all of it intact.
     stop.store(true, Ordering::Relaxed);
     let (sent, received, same) = bulk.await.expect("transfer");
@@ -363,7 +382,8 @@ async fn reload_applies_changes_revokes_access_and_keeps_untouched_transfers() {
     let records = connector::records(&audit_url);
     let of = |kind: &str| -> Vec<&Value> { records.iter().filter(|r| r["kind"] == kind).collect() };
     let reloads = of("reload");
-    assert_eq!(reloads.len(), 1, "{records:#?}");
+    assert_eq!(reloads.len(), 2, "{records:#?}");
+    assert_eq!(reloads[1]["extra"]["added"], serde_json::json!(["legacy"]));
     let extra = &reloads[0]["extra"];
     assert_eq!(extra["old_fingerprint"], fingerprint(&v1));
     assert_eq!(extra["new_fingerprint"], fingerprint(&v2));

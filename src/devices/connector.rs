@@ -743,6 +743,19 @@ impl Connector {
             tracing::info!(device = %hostname, "device removed");
         });
     }
+
+    /// Waits (up to `limit`) until `hostname`, retired by an earlier reload,
+    /// has closed its node, so a device of the same name can take its state
+    /// directory. Returns at once if it is not retiring.
+    pub(super) async fn wait_retired(&self, hostname: &str, limit: Duration) {
+        let began = Instant::now();
+        while !self.running.contains_key(hostname)
+            && self.board.contains(hostname)
+            && began.elapsed() < limit
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 }
 
 /// The figures of every device, shared with the metrics endpoint.
@@ -776,6 +789,10 @@ impl StatusBoard {
 
     fn remove(&self, hostname: &str) {
         self.lock().remove(hostname);
+    }
+
+    fn contains(&self, hostname: &str) -> bool {
+        self.lock().contains_key(hostname)
     }
 
     /// Figures of every device (draining ones included), by hostname.

@@ -24,6 +24,9 @@ use super::DeviceError;
 use super::connector::{Connector, DeviceInfo, Plan, close_nodes};
 use crate::policy::Policy;
 
+/// Time beyond the drain deadline a retiring device may take to close.
+const RETIRE_SLACK: Duration = Duration::from_secs(20);
+
 /// What a reload changed.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ReloadReport {
@@ -77,7 +80,12 @@ impl Connector {
             .filter(|h| !kept.iter().any(|(e, _)| &e.hostname == h))
             .collect();
 
-        // Prepare: everything that can fail.
+        // Prepare: everything that can fail. A device added back while its
+        // earlier self still drains waits for it to let go of its state.
+        for (endpoint, _) in &added {
+            self.wait_retired(&endpoint.hostname, drain + RETIRE_SLACK)
+                .await;
+        }
         let started = self.start_nodes(&added).await?;
         let mut new_ports = Vec::with_capacity(kept.len());
         for (endpoint, _) in &kept {

@@ -77,7 +77,7 @@ async fn connector_serves_allowed_agents_refuses_others_and_audits_everything() 
     .expect("write config");
     let audit_url = format!("sqlite://{}", dir.path().join("audit.db").display());
     let (f, k, a) = (file.clone(), device_key.clone(), audit_url.clone());
-    let mut conn = tokio::task::spawn_blocking(move || Connector::start(&f, &k, &a))
+    let conn = tokio::task::spawn_blocking(move || Connector::start(&f, &k, &a))
         .await
         .expect("connector");
     let (agent, intruder) = tokio::join!(
@@ -193,24 +193,9 @@ async fn connector_serves_allowed_agents_refuses_others_and_audits_everything() 
     assert_eq!(names, ["agent", "counted", "db", "intruder", "web"]);
 
     // SIGTERM: clean exit, and every request above is in a chain that verifies.
-    let status = tokio::task::spawn_blocking(move || {
-        let s = conn.stop();
-        (s, conn.output())
-    })
-    .await
-    .expect("stop");
-    assert!(
-        status.0.success(),
-        "exit status {:?}:\n{}",
-        status.0,
-        status.1
-    );
-    let verify = connector::run(&["audit", "verify", "--audit", &audit_url]);
-    assert!(
-        verify.status.success(),
-        "{}",
-        String::from_utf8_lossy(&verify.stderr)
-    );
+    let (status, output) = conn.stopped().await;
+    assert!(status.success(), "exit status {status:?}:\n{output}");
+    connector::assert_verifies(&audit_url, &[]);
 
     let json = connector::run(&["audit", "query", "--audit", &audit_url, "--json"]);
     let records: Vec<serde_json::Value> = String::from_utf8_lossy(&json.stdout)

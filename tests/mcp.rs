@@ -457,16 +457,8 @@ async fn python_mcp_client_over_the_tailnet_is_governed_per_caller() {
         listening_sockets(pid)
     );
 
-    let status = tokio::task::spawn_blocking(move || conn.stop())
-        .await
-        .expect("stop");
-    assert!(status.success());
-    let verify = connector::run(&["audit", "verify", "--audit", &audit_url]);
-    assert!(
-        verify.status.success(),
-        "{}",
-        String::from_utf8_lossy(&verify.stderr)
-    );
+    assert!(conn.stopped().await.0.success());
+    connector::assert_verifies(&audit_url, &[]);
     let dump = connector::run(&["audit", "export", "--jsonl", "--audit", &audit_url]);
     let dump = String::from_utf8_lossy(&dump.stdout);
     assert!(

@@ -349,7 +349,7 @@ async fn reload_applies_changes_revokes_access_and_keeps_untouched_transfers() {
         conn.wait_for_count("reloaded ", 2, Duration::from_secs(120));
         conn
     });
-    let mut conn = c.await.expect("reloaded again");
+    let conn = c.await.expect("reloaded again");
     let mut back = agent
         .dial("legacy:7000", Duration::from_secs(30))
         .await
@@ -368,16 +368,9 @@ async fn reload_applies_changes_revokes_access_and_keeps_untouched_transfers() {
     assert_eq!(sent, received);
     assert!(same, "bytes differ end to end");
 
-    let status = tokio::task::spawn_blocking(move || (conn.stop(), conn.output()))
-        .await
-        .expect("stop");
-    assert!(status.0.success(), "{:?}\n{}", status.0, status.1);
-    let verify = connector::run(&["audit", "verify", "--audit", &audit_url]);
-    assert!(
-        verify.status.success(),
-        "{}",
-        String::from_utf8_lossy(&verify.stderr)
-    );
+    let (status, output) = conn.stopped().await;
+    assert!(status.success(), "{status:?}\n{output}");
+    connector::assert_verifies(&audit_url, &[]);
 
     let records = connector::records(&audit_url);
     let of = |kind: &str| -> Vec<&Value> { records.iter().filter(|r| r["kind"] == kind).collect() };
@@ -503,13 +496,7 @@ async fn sigterm_under_load_records_every_completed_call_and_kill_9_leaves_a_val
 
     // SIGTERM in the middle of load.
     let (stop, loader) = start_load(&agent).await;
-    let (status, output) = tokio::task::spawn_blocking(move || {
-        let mut conn = conn;
-        let status = conn.stop();
-        (status, conn.output())
-    })
-    .await
-    .expect("stop");
+    let (status, output) = conn.stopped().await;
     stop.store(true, Ordering::Relaxed);
     let completed = loader.await.expect("load");
     assert!(status.success(), "{status:?}\n{output}");
@@ -555,26 +542,12 @@ async fn sigterm_under_load_records_every_completed_call_and_kill_9_leaves_a_val
     stop.store(true, Ordering::Relaxed);
     let killed_load = loader.await.expect("load");
     assert!(!killed_load.is_empty(), "no load before the kill");
-    let verify = connector::run(&["audit", "verify", "--audit", &audit_url]);
-    assert!(
-        verify.status.success(),
-        "chain after kill -9: {}{}",
-        String::from_utf8_lossy(&verify.stdout),
-        String::from_utf8_lossy(&verify.stderr)
-    );
-    let mut conn = start().await.expect("restart after kill");
+    connector::assert_verifies(&audit_url, &[]);
+    let conn = start().await.expect("restart after kill");
     let (status, _) = http(&agent, "web", "GET", "/echo/after-restart", "").await;
     assert_eq!(status, 200);
-    let status = tokio::task::spawn_blocking(move || conn.stop())
-        .await
-        .expect("stop");
-    assert!(status.success());
-    let verify = connector::run(&["audit", "verify", "--audit", &audit_url]);
-    assert!(
-        verify.status.success(),
-        "{}",
-        String::from_utf8_lossy(&verify.stderr)
-    );
+    assert!(conn.stopped().await.0.success());
+    connector::assert_verifies(&audit_url, &[]);
     let records = connector::records(&audit_url);
     assert_eq!(
         records.iter().filter(|r| r["kind"] == "startup").count(),
@@ -625,33 +598,16 @@ async fn two_connectors_share_one_postgresql_audit_log_with_a_chain_each() {
             assert_eq!(status, 200, "{device}: {body}");
         }
     }
-    for mut c in conns {
-        let status = tokio::task::spawn_blocking(move || c.stop())
-            .await
-            .expect("stop");
-        assert!(status.success());
+    for c in conns {
+        assert!(c.stopped().await.0.success());
     }
-    let verify = connector::run(&["audit", "verify", "--audit", &audit_url]);
-    let out = format!(
-        "{}{}",
-        String::from_utf8_lossy(&verify.stdout),
-        String::from_utf8_lossy(&verify.stderr)
-    );
-    assert!(verify.status.success(), "{out}");
+    let out = connector::assert_verifies(&audit_url, &[]);
     assert!(out.contains("2 chains"), "{out}");
     let records = connector::records(&audit_url);
     for name in ["connector-a", "connector-b"] {
         let mine: Vec<&Value> = records.iter().filter(|r| r["connector"] == name).collect();
         let requests = mine.iter().filter(|r| r["kind"] == "http_request").count();
         assert_eq!(requests, 5, "{name}: {mine:#?}");
-        let verify = connector::run(&[
-            "audit",
-            "verify",
-            "--audit",
-            &audit_url,
-            "--connector",
-            name,
-        ]);
-        assert!(verify.status.success(), "{name}");
+        connector::assert_verifies(&audit_url, &["--connector", name]);
     }
 }

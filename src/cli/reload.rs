@@ -50,9 +50,9 @@ pub struct Reloader {
     mcp: Option<Arc<McpState>>,
     audit: AuditLog,
     drain: Duration,
-    /// Hash of the file content last looked at (applied or rejected), so a
-    /// broken file is reported once, not at every poll.
-    seen: Option<[u8; 32]>,
+    /// Fingerprint (SHA-256) of the file content last looked at, applied or
+    /// rejected, so a broken file is reported once, not at every poll.
+    seen: Option<String>,
 }
 
 impl Reloader {
@@ -65,7 +65,7 @@ impl Reloader {
         audit: AuditLog,
         drain: Duration,
     ) -> Reloader {
-        let seen = file_hash(path);
+        let seen = Some(config.fingerprint.clone());
         Reloader {
             path: path.to_owned(),
             config,
@@ -90,11 +90,15 @@ impl Reloader {
     /// Reads, validates and applies the file. Never fails: a rejected file
     /// is logged and recorded, and the running config stays.
     pub async fn reload(&mut self, connector: &mut Connector, trigger: Trigger) {
-        self.seen = file_hash(&self.path);
         let old = self.config.fingerprint.clone();
         let new = match config::load(&self.path) {
-            Ok(new) => new,
+            // The fingerprint is the SHA-256 of the bytes just read.
+            Ok(new) => {
+                self.seen = Some(new.fingerprint.clone());
+                new
+            }
             Err(e) => {
+                self.seen = file_hash(&self.path);
                 let why = match &e {
                     config::ConfigError::Invalid(diags) => diags
                         .iter()
@@ -176,11 +180,11 @@ impl Reloader {
         let mut record = Record::reload_rejected(code, why)
             .with_extra("trigger", trigger.as_str().into())
             .with_extra("old_fingerprint", self.config.fingerprint.clone().into());
+        let new = new
+            .map(|c| c.fingerprint.clone())
+            .or_else(|| self.seen.clone());
         if let Some(new) = new {
-            record = record.with_extra("new_fingerprint", new.fingerprint.clone().into());
-        } else if let Ok(bytes) = std::fs::read(&self.path) {
-            let hash = hex::encode(Sha256::digest(&bytes));
-            record = record.with_extra("new_fingerprint", hash.into());
+            record = record.with_extra("new_fingerprint", new.into());
         }
         self.audit.record(record);
     }
@@ -205,8 +209,10 @@ fn restart_required(old: &Config, new: &Config) -> Option<String> {
     }
 }
 
-/// SHA-256 of the file's bytes, `None` if it cannot be read right now
-/// (for example mid-replace).
-fn file_hash(path: &Path) -> Option<[u8; 32]> {
-    std::fs::read(path).ok().map(|b| Sha256::digest(&b).into())
+/// Hex SHA-256 of the file's bytes (what [`Config::fingerprint`] is),
+/// `None` if it cannot be read right now (for example mid-replace).
+fn file_hash(path: &Path) -> Option<String> {
+    std::fs::read(path)
+        .ok()
+        .map(|b| hex::encode(Sha256::digest(&b)))
 }

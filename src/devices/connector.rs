@@ -703,6 +703,11 @@ impl Connector {
         Ok(listeners)
     }
 
+    /// Whether a device (endpoint or service) named `hostname` is running.
+    pub(super) fn is_running(&self, hostname: &str) -> bool {
+        self.running.contains_key(hostname)
+    }
+
     /// Hostnames of the running endpoint devices (not plugged-in services).
     pub(super) fn endpoint_devices(&self) -> Vec<String> {
         self.running

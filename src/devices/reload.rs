@@ -62,11 +62,7 @@ impl Connector {
         for (endpoint, pinned) in plan.into_devices() {
             if running.contains(&endpoint.hostname) {
                 kept.push((endpoint, pinned));
-            } else if self
-                .devices()
-                .iter()
-                .any(|d| d.hostname == endpoint.hostname)
-            {
+            } else if self.is_running(&endpoint.hostname) {
                 // A plugged-in service (the MCP device) already has the name.
                 return Err(DeviceError::DuplicateDevice {
                     hostname: endpoint.hostname,

@@ -159,6 +159,31 @@ impl Drop for Connector {
     }
 }
 
+impl Connector {
+    /// Sends SIGTERM from a blocking task and returns the exit status and
+    /// everything the process printed.
+    pub async fn stopped(mut self) -> (std::process::ExitStatus, String) {
+        tokio::task::spawn_blocking(move || (self.stop(), self.output()))
+            .await
+            .expect("stop")
+    }
+}
+
+/// Runs `audit verify` on `audit_url` (plus `extra` arguments), asserts it
+/// passes and returns what it printed.
+pub fn assert_verifies(audit_url: &str, extra: &[&str]) -> String {
+    let mut args = vec!["audit", "verify", "--audit", audit_url];
+    args.extend_from_slice(extra);
+    let out = run(&args);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "audit verify {audit_url}: {text}");
+    text
+}
+
 /// Every record in the store at `audit_url`, as JSON objects (the record
 /// fields, plus `seq` and `connector`).
 pub fn records(audit_url: &str) -> Vec<serde_json::Value> {

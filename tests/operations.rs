@@ -408,6 +408,92 @@ async fn reload_applies_changes_revokes_access_and_keeps_untouched_transfers() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_and_changes_that_need_a_restart_are_refused() {
+    common::trace();
+    let hs = Headscale::start();
+    let admin = hs.create_user("admin");
+    let device_key = hs.auth_key(admin, &["tag:portcullis"]);
+    let agent_key = hs.auth_key(admin, &["tag:agent"]);
+    let (web, _) = echo_http_backend().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("endpoints.toml");
+    let state = dir.path().join("state");
+    let v1 = format!(
+        "{}{}",
+        header(&hs, &state, ""),
+        http_endpoint("web", web, r#""tag:agent""#)
+    );
+    std::fs::write(&file, &v1).expect("write");
+    let audit_url = format!("sqlite://{}", dir.path().join("audit.db").display());
+    let (f, k, a) = (file.clone(), device_key.clone(), audit_url.clone());
+    // No file watch: only SIGHUP reloads.
+    let conn = tokio::task::spawn_blocking(move || {
+        Connector::start_with(&f, &k, &a, "test-connector", &["--watch-interval", "0"])
+    })
+    .await
+    .expect("connector");
+    let agent = node(&hs, "agent", &agent_key).await;
+
+    // A changed [tailnet] section cannot be applied while running.
+    let moved = format!(
+        "{}{}",
+        header(&hs, &dir.path().join("elsewhere"), ""),
+        http_endpoint("web", web, r#""tag:agent""#)
+    );
+    write_file(&file, &moved);
+    conn.signal(nix::sys::signal::Signal::SIGHUP);
+    let mut conn = tokio::task::spawn_blocking(move || {
+        let mut conn = conn;
+        conn.wait_for("reload rejected", Duration::from_secs(30));
+        conn
+    })
+    .await
+    .expect("rejected");
+    assert!(
+        conn.output().contains("restart_required")
+            && conn.output().contains("the [tailnet] section changed"),
+        "{}",
+        conn.output()
+    );
+
+    // A valid change waits for SIGHUP.
+    let v2 = format!("{v1}{}", http_endpoint("api", web, r#""tag:agent""#));
+    write_file(&file, &v2);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        !conn.output().contains("reloaded "),
+        "reloaded without SIGHUP:\n{}",
+        conn.output()
+    );
+    conn.signal(nix::sys::signal::Signal::SIGHUP);
+    let conn = tokio::task::spawn_blocking(move || {
+        conn.wait_for("reloaded ", Duration::from_secs(120));
+        conn
+    })
+    .await
+    .expect("reloaded");
+    let (status, body) = http(&agent, "api", "GET", "/echo/hup", "").await;
+    assert_eq!(status, 200, "{body}");
+
+    let (status, output) = conn.stopped().await;
+    assert!(status.success(), "{status:?}\n{output}");
+    connector::assert_verifies(&audit_url, &[]);
+    let records = connector::records(&audit_url);
+    let rejected: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["kind"] == "reload_rejected")
+        .collect();
+    assert_eq!(rejected.len(), 1, "{records:#?}");
+    assert_eq!(rejected[0]["reason"], "restart_required");
+    assert_eq!(rejected[0]["extra"]["trigger"], "sighup");
+    assert_eq!(rejected[0]["extra"]["new_fingerprint"], fingerprint(&moved));
+    let reload: Vec<&Value> = records.iter().filter(|r| r["kind"] == "reload").collect();
+    assert_eq!(reload.len(), 1, "{records:#?}");
+    assert_eq!(reload[0]["extra"]["trigger"], "sighup");
+    assert_eq!(reload[0]["extra"]["added"], serde_json::json!(["api"]));
+}
+
 /// Sends GETs with unique paths from `workers` loops until `stop`, counting
 /// answers in `ok`; returns the paths that got a 200.
 async fn load(

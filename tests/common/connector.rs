@@ -40,6 +40,24 @@ impl Connector {
     /// output goes to `<config>.<name>.log` (appended, so a restart keeps
     /// the earlier run's output).
     pub fn start_named(config: &Path, auth_key: &str, audit_url: &str, name: &str) -> Connector {
+        Connector::start_with(
+            config,
+            auth_key,
+            audit_url,
+            name,
+            &["--watch-interval", "1"],
+        )
+    }
+
+    /// Like [`start_named`](Self::start_named), with `args` instead of the
+    /// default `--watch-interval 1`.
+    pub fn start_with(
+        config: &Path,
+        auth_key: &str,
+        audit_url: &str,
+        name: &str,
+        args: &[&str],
+    ) -> Connector {
         let log = config.with_extension(format!("{name}.log"));
         // The log is appended to: an earlier run's lines are already there.
         let served = std::fs::read_to_string(&log)
@@ -58,8 +76,7 @@ impl Connector {
             .arg(audit_url)
             .arg("--connector")
             .arg(name)
-            .arg("--watch-interval")
-            .arg("1")
+            .args(args)
             .env("PORTCULLIS_AUTH_KEY", auth_key)
             // The embedded Go runtime reads these at load.
             .envs(CLIENT_KNOBS.iter().copied())

@@ -238,6 +238,35 @@ pub enum Problem {
         /// The column name.
         column: String,
     },
+    /// A signed checkpoint names this seq, but the store ends before it:
+    /// the tail of the chain was deleted.
+    CutShort {
+        /// The checkpoint (origin, seq, hash, time, key).
+        checkpoint: String,
+        /// Where it was found (witness file, `--checkpoint` file).
+        source: String,
+        /// The last seq in the store.
+        store_seq: u64,
+    },
+    /// A signed checkpoint names a different hash for this seq: the chain
+    /// was recomputed after an edit.
+    Rewritten {
+        /// The checkpoint (origin, seq, hash, time, key).
+        checkpoint: String,
+        /// Where it was found (witness file, `--checkpoint` file, or the
+        /// checkpoint record in the chain).
+        source: String,
+        /// The hash the store holds for this seq.
+        store_hash: String,
+    },
+    /// A checkpoint (in the chain or given) is not validly signed or does
+    /// not name this chain where it must.
+    BadCheckpoint {
+        /// Where it was found.
+        source: String,
+        /// What is wrong.
+        why: String,
+    },
 }
 
 impl std::fmt::Display for Problem {
@@ -259,6 +288,25 @@ impl std::fmt::Display for Problem {
             }
             Problem::ColumnMismatch { column } => {
                 write!(f, "indexed column `{column}` does not match body (edited)")
+            }
+            Problem::CutShort {
+                checkpoint,
+                source,
+                store_seq,
+            } => write!(
+                f,
+                "chain cut short: the store ends at seq {store_seq}, but checkpoint {checkpoint} (from {source}) names this seq"
+            ),
+            Problem::Rewritten {
+                checkpoint,
+                source,
+                store_hash,
+            } => write!(
+                f,
+                "chain rewritten: the store's hash here is {store_hash}, but checkpoint {checkpoint} (from {source}) names another"
+            ),
+            Problem::BadCheckpoint { source, why } => {
+                write!(f, "checkpoint from {source} cannot be trusted: {why}")
             }
         }
     }

@@ -5,9 +5,11 @@
 //!   target as written in the file as `Host`.
 //! - Redirects are never followed: a 3xx comes back to the caller as it is,
 //!   so nothing leaves the target.
-//! - Caller-supplied identity headers (`X-Portcullis-*`, `Tailscale-*`) and
-//!   hop-by-hop headers are removed; with `identity_headers = true` the
-//!   verified identity is added as `X-Portcullis-User/-Node/-Tags`.
+//! - Caller-supplied identity, forwarding, method- and URL-override and
+//!   hop-by-hop headers are removed and the connector's own `Forwarded` /
+//!   `X-Forwarded-*` (and, with `identity_headers = true`, the verified
+//!   identity) are set, as for http devices: see
+//!   [`crate::backend::headers`].
 //! - The whole exchange (connect, send, read) is capped by `timeout_ms`;
 //!   running out is a tool error.
 //! - The response body is capped by `max_response_bytes`: the body is cut at
@@ -36,7 +38,7 @@ use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::backend::Pinned;
+use crate::backend::{Pinned, headers};
 use crate::config::{Endpoint, HttpRules};
 use crate::identity::Caller;
 
@@ -89,23 +91,8 @@ impl Pool {
     }
 }
 
-/// Header prefixes that carry identity; only the connector may send them.
-const IDENTITY_PREFIXES: [&str; 2] = ["x-portcullis-", "tailscale-"];
-
-/// Headers that describe one hop, or that the tool sets itself.
-const DROPPED: [&str; 11] = [
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "host",
-    "content-length",
-    "expect",
-];
+/// Headers the tool sets itself; the caller's are ignored.
+const SET_BY_TOOL: [&str; 3] = ["host", "content-length", "expect"];
 
 /// Arguments of `http_request`.
 #[derive(Debug, Clone, Deserialize)]
@@ -208,31 +195,15 @@ fn build_headers(
     for (name, value) in &args.headers {
         let name = HeaderName::from_bytes(name.as_bytes())
             .map_err(|_| invalid(format!("invalid header name {name:?}")))?;
-        if DROPPED.contains(&name.as_str())
-            || IDENTITY_PREFIXES
-                .iter()
-                .any(|p| name.as_str().starts_with(p))
-        {
+        if SET_BY_TOOL.contains(&name.as_str()) {
             continue;
         }
         let value = HeaderValue::from_str(value)
             .map_err(|_| invalid(format!("invalid value for header {name}")))?;
         headers.append(name, value);
     }
-    if rules.identity_headers {
-        let mut put = |name: &'static str, value: &str| {
-            if let Ok(value) = HeaderValue::from_str(value) {
-                headers.insert(HeaderName::from_static(name), value);
-            }
-        };
-        if let Some(user) = &caller.user {
-            put("x-portcullis-user", user);
-        }
-        put("x-portcullis-node", &caller.node);
-        if !caller.tags.is_empty() {
-            put("x-portcullis-tags", &caller.tags.join(","));
-        }
-    }
+    headers::strip(&mut headers, &rules.strip_headers);
+    headers::set_forwarded(&mut headers, caller, rules.identity_headers);
     Ok(headers)
 }
 

@@ -16,7 +16,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Mutex;
 
 use super::DeviceError;
-use super::ctx::{Counted, Counters, DeviceCtx, Phase, mark_denied, set_reason};
+use super::ctx::{Counted, Counters, DeviceCtx, Phase, audit_gate, mark_denied, set_reason};
 use crate::audit::{AuditGuard, Record};
 use crate::backend::headers;
 use crate::identity::Caller;
@@ -142,6 +142,18 @@ impl Proxy<'_> {
                 .with_device(ctx.hostname())
                 .with_extra("port", self.port.into()),
         );
+        // No request that cannot be recorded reaches the backend.
+        if let Err(why) = audit_gate(&mut record) {
+            let response = error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                crate::audit::Unavailable::CODE,
+                &why.to_string(),
+            );
+            record.status = Some(response.status().as_u16().to_string());
+            record.latency_us =
+                Some(u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX));
+            return Ok(response);
+        }
 
         // Authorize: the connection's denial wins; otherwise this request.
         let decision = match self.refused {

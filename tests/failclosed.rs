@@ -70,7 +70,10 @@ impl SmallDisk {
 
 impl Drop for SmallDisk {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(self.dir.path()).status();
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
     }
 }
 
@@ -100,6 +103,56 @@ struct Tally {
     refusals: Vec<String>,
 }
 
+type Client = hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>;
+
+/// One GET to the `web` device on a kept-alive connection (opened on first
+/// use, and again after the device closed it); returns (status, body), or
+/// status 0 if the exchange failed.
+async fn get(
+    agent: &portcullis::tailnet::Node,
+    client: &mut Option<Client>,
+    path: &str,
+) -> (u16, String) {
+    use http_body_util::BodyExt;
+    if client.as_ref().is_none_or(|c| c.is_closed()) {
+        let stream = agent
+            .dial("web:80", Duration::from_secs(30))
+            .await
+            .expect("dial web");
+        let (sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .expect("handshake");
+        tokio::spawn(conn);
+        *client = Some(sender);
+    }
+    let sender = client.as_mut().expect("connected");
+    if sender.ready().await.is_err() {
+        *client = None;
+        return Box::pin(get(agent, client, path)).await;
+    }
+    let request = http::Request::get(path)
+        .header("host", "web")
+        .body(http_body_util::Empty::new())
+        .expect("request");
+    match sender.send_request(request).await {
+        Ok(response) => {
+            let status = response.status().as_u16();
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            (status, String::from_utf8_lossy(&body).into_owned())
+        }
+        Err(e) => {
+            *client = None;
+            (0, e.to_string())
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_refuses_work_with_503_and_resumes_losing_no_record() {
     common::trace();
@@ -123,7 +176,9 @@ async fn a_full_disk_refuses_work_with_503_and_resumes_losing_no_record() {
         .expect("connector");
     let agent = node(&hs, "agent", &agent_key).await;
 
-    // Load from two callers until told to stop.
+    // Load from two callers, each on a kept-alive connection (as agents
+    // do; a new connection per request would mostly measure TIME_WAIT),
+    // until told to stop.
     let stop = Arc::new(AtomicBool::new(false));
     let refused_seen = Arc::new(AtomicU64::new(0));
     let served_seen = Arc::new(AtomicU64::new(0));
@@ -133,10 +188,11 @@ async fn a_full_disk_refuses_work_with_503_and_resumes_losing_no_record() {
         let (refused_seen, served_seen) = (refused_seen.clone(), served_seen.clone());
         load.push(tokio::spawn(async move {
             let mut tally = Tally::default();
+            let mut client = None;
             let mut i = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 i += 1;
-                let (status, body) = http(&agent, "web", "GET", &format!("/w{worker}/{i}"), "").await;
+                let (status, body) = get(&agent, &mut client, &format!("/w{worker}/{i}")).await;
                 *tally.by_status.entry(status).or_default() += 1;
                 match status {
                     200 => served_seen.fetch_add(1, Ordering::Relaxed),
@@ -201,9 +257,18 @@ async fn a_full_disk_refuses_work_with_503_and_resumes_losing_no_record() {
     for body in &tally.refusals {
         assert!(body.contains("\"reason\":\"audit_unavailable\""), "{body}");
     }
-    let config = file.display().to_string();
-    let (ok, text) = portcullis(&["audit", "verify", "--config", &config, "--audit", &audit_url]);
-    assert!(ok, "{text}");
+    let state = dir.path().join("state");
+    let (ok, text) = portcullis(&[
+        "audit",
+        "verify",
+        "--audit",
+        &audit_url,
+        "--checkpoint",
+        &state.join("audit.checkpoint").display().to_string(),
+        "--key",
+        &state.join("audit.pub").display().to_string(),
+    ]);
+    assert!(ok && text.contains("signature verified"), "{text}");
     let all = records(&audit_url);
     let recorded_served = all
         .iter()
@@ -214,7 +279,10 @@ async fn a_full_disk_refuses_work_with_503_and_resumes_losing_no_record() {
         .iter()
         .filter(|r| r["kind"] == "http_request" && r["reason"] == "audit_unavailable")
         .count() as u64;
-    assert_eq!(recorded_refused, refused, "refusals are recorded once space returns");
+    assert_eq!(
+        recorded_refused, refused,
+        "refusals are recorded once space returns"
+    );
     assert!(!all.iter().any(|r| r["kind"] == "records_dropped"));
     println!(
         "disk full: {served} requests served (each recorded), {refused} refused with 503 audit_unavailable"
@@ -228,8 +296,9 @@ async fn a_full_disk_refuses_work_with_503_and_resumes_losing_no_record() {
         .expect("connector again");
     let ballast = disk.fill();
     let mut refused = 0;
-    for i in 0..200 {
-        let (status, _) = http(&agent, "web", "GET", &format!("/again/{i}"), "").await;
+    let mut client = None;
+    for i in 0..2000 {
+        let (status, _) = get(&agent, &mut client, &format!("/again/{i}")).await;
         if status == 503 {
             refused += 1;
             if refused >= 5 {
@@ -240,8 +309,14 @@ async fn a_full_disk_refuses_work_with_503_and_resumes_losing_no_record() {
     assert!(refused >= 5, "the full disk refused nothing");
     let (status, output) = conn.stopped().await;
     std::fs::remove_file(&ballast).expect("free the disk");
-    assert!(!status.success(), "a stop that lost records must fail: {output}");
-    assert!(output.contains("audit records could not be written at shutdown"), "{output}");
+    assert!(
+        !status.success(),
+        "a stop that lost records must fail: {output}"
+    );
+    assert!(
+        output.contains("audit records could not be written at shutdown"),
+        "{output}"
+    );
     assert!(!output.contains("Safety level"), "{output}");
     let (ok, text) = portcullis(&["audit", "verify", "--audit", &audit_url]);
     assert!(ok, "the chain stays valid: {text}");
@@ -397,8 +472,14 @@ async fn bursts_of_1000_connections_are_each_echoed_or_refused_with_a_record() {
     // Every connection the caller saw accepted has its record: served
     // (open + close) or refused (denied).
     assert_eq!(count(&all, "connection_open", None) - opened_before, echoed);
-    assert_eq!(count(&all, "connection_close", Some("ok")) - closed_before, echoed);
-    assert_eq!(closed, denied, "each refused connection has a record: {fates:?}");
+    assert_eq!(
+        count(&all, "connection_close", Some("ok")) - closed_before,
+        echoed
+    );
+    assert_eq!(
+        closed, denied,
+        "each refused connection has a record: {fates:?}"
+    );
     assert_eq!(
         fates.get(&Fate::NotAccepted).copied().unwrap_or(0),
         0,
@@ -467,14 +548,26 @@ async fn forged_identity_headers_never_reach_a_backend() {
         if matches!(name.as_str(), "forwarded" | "x-forwarded-for") {
             assert!(!seen.contains(value), "{h} reached the backend:\n{seen}");
         } else {
-            assert!(!seen_lower.contains(&format!("{name}:")), "{h} reached the backend:\n{seen}");
+            assert!(
+                !seen_lower.contains(&format!("{name}:")),
+                "{h} reached the backend:\n{seen}"
+            );
         }
     }
     assert!(seen.starts_with("GET /page "), "{seen}");
     // The connector's own forwarding headers, naming the real caller.
-    assert!(seen_lower.contains(&format!("forwarded: for=\"{agent_ip}:")), "{seen}");
-    assert!(seen_lower.contains(&format!("x-forwarded-for: {agent_ip}\r\n")), "{seen}");
-    assert!(!seen_lower.contains("x-forwarded-user"), "not asked for identity headers");
+    assert!(
+        seen_lower.contains(&format!("forwarded: for=\"{agent_ip}:")),
+        "{seen}"
+    );
+    assert!(
+        seen_lower.contains(&format!("x-forwarded-for: {agent_ip}\r\n")),
+        "{seen}"
+    );
+    assert!(
+        !seen_lower.contains("x-forwarded-user"),
+        "not asked for identity headers"
+    );
     let (status, output) = conn.stopped().await;
     assert!(status.success(), "{output}");
 }
@@ -489,11 +582,12 @@ async fn rewrite_from(db: &Path, seq: i64, edit: impl Fn(&str) -> String) {
         .connect()
         .await
         .expect("open copy");
-    let rows = sqlx::query("SELECT seq, body, prev_hash FROM audit_records WHERE seq >= $1 ORDER BY seq")
-        .bind(seq)
-        .fetch_all(&mut conn)
-        .await
-        .expect("rows");
+    let rows =
+        sqlx::query("SELECT seq, body, prev_hash FROM audit_records WHERE seq >= $1 ORDER BY seq")
+            .bind(seq)
+            .fetch_all(&mut conn)
+            .await
+            .expect("rows");
     let mut prev: Option<String> = None;
     for row in rows {
         let s: i64 = row.get(0);
@@ -539,7 +633,10 @@ async fn a_cut_tail_and_a_recomputed_chain_are_detected_with_the_witness() {
         .expect("connector");
     let agent = node(&hs, "agent", &agent_key).await;
     for round in 0..3 {
-        let mut s = agent.dial("echo:7000", Duration::from_secs(30)).await.expect("dial");
+        let mut s = agent
+            .dial("echo:7000", Duration::from_secs(30))
+            .await
+            .expect("dial");
         s.write_all(b"ping").await.expect("ping");
         let mut pong = [0u8; 4];
         s.read_exact(&mut pong).await.expect("pong");
@@ -551,14 +648,24 @@ async fn a_cut_tail_and_a_recomputed_chain_are_detected_with_the_witness() {
     }
     let (status, output) = conn.stopped().await;
     assert!(status.success(), "{output}");
-    assert!(output.contains("audit checkpoint"), "checkpoints are logged: {output}");
+    assert!(
+        output.contains("audit checkpoint"),
+        "checkpoints are logged: {output}"
+    );
     let config = file.display().to_string();
     let witness = state.join("audit.checkpoint");
     let (ok, text) = portcullis(&["audit", "verify", "--config", &config]);
     assert!(ok, "{text}");
-    assert!(text.contains("matches") && text.contains("signature verified"), "{text}");
+    assert!(
+        text.contains("matches") && text.contains("signature verified"),
+        "{text}"
+    );
     let all = records(&audit_url);
-    let last_seq = all.iter().filter_map(|r| r["seq"].as_i64()).max().expect("rows");
+    let last_seq = all
+        .iter()
+        .filter_map(|r| r["seq"].as_i64())
+        .max()
+        .expect("rows");
     let first_checkpoint = all
         .iter()
         .find(|r| r["kind"] == "checkpoint")
@@ -591,7 +698,11 @@ async fn a_cut_tail_and_a_recomputed_chain_are_detected_with_the_witness() {
     let cut = attack("cut");
     {
         use sqlx::ConnectOptions;
-        let mut c = sqlx::sqlite::SqliteConnectOptions::new().filename(&cut).connect().await.expect("open");
+        let mut c = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(&cut)
+            .connect()
+            .await
+            .expect("open");
         sqlx::query("DELETE FROM audit_records WHERE seq = $1")
             .bind(last_seq)
             .execute(&mut c)
@@ -602,11 +713,20 @@ async fn a_cut_tail_and_a_recomputed_chain_are_detected_with_the_witness() {
     assert!(!ok, "a cut tail passed: {text}");
     assert!(text.contains("chain cut short"), "{text}");
     assert!(text.contains(&format!("seq {last_seq}")), "{text}");
-    assert!(text.contains(&witness.display().to_string()), "names the checkpoint: {text}");
+    assert!(
+        text.contains(&witness.display().to_string()),
+        "names the checkpoint: {text}"
+    );
 
     // 2. The last row edited and its hash recomputed: only the witness knows.
     let edited = attack("edited");
-    rewrite_from(&edited, last_seq, |b| b.replace("\"kind\":\"shutdown\"", "\"kind\":\"shutdown\",\"detail\":\"x\"")).await;
+    rewrite_from(&edited, last_seq, |b| {
+        b.replace(
+            "\"kind\":\"shutdown\"",
+            "\"kind\":\"shutdown\",\"detail\":\"x\"",
+        )
+    })
+    .await;
     let (ok, text) = verify(&edited);
     assert!(!ok, "a recomputed tail passed: {text}");
     assert!(text.contains("chain rewritten"), "{text}");
@@ -615,7 +735,10 @@ async fn a_cut_tail_and_a_recomputed_chain_are_detected_with_the_witness() {
     // 3. An early row edited and every later hash recomputed: the first
     // checkpoint record after it no longer matches its own signature.
     let early = attack("early");
-    rewrite_from(&early, 1, |b| b.replacen("\"kind\":", "\"detail\":\"edited\",\"kind\":", 1)).await;
+    rewrite_from(&early, 1, |b| {
+        b.replacen("\"kind\":", "\"detail\":\"edited\",\"kind\":", 1)
+    })
+    .await;
     let (ok, text) = verify(&early);
     assert!(!ok, "a recomputed chain passed: {text}");
     assert!(text.contains("chain rewritten"), "{text}");

@@ -144,6 +144,7 @@ func (l *listener) acceptLoop(n *node) {
 	for {
 		tc, err := l.ln.Accept()
 		if err != nil {
+			n.srv.Logf("tsffi: listener %v closed: %v", l.ln.Addr(), err)
 			return
 		}
 		go l.handOff(n, tc)
@@ -164,6 +165,7 @@ func (l *listener) handOff(n *node, tc net.Conn) {
 	syscall.Close(fd) // the message holds its own reference now
 	if err != nil {
 		// The caller closed its end: the listener is gone.
+		n.srv.Logf("tsffi: hand-off of %v failed: %v", tc.RemoteAddr(), err)
 		tc.Close()
 		uc.Close()
 		l.close()

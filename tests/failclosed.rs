@@ -351,6 +351,40 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// Resident MiB of `pid` by where it lives: (Go heap, other anonymous
+/// memory: the Rust allocator's arenas and thread stacks, mapped files:
+/// the binary's code and libraries). The Go runtime maps its heap arenas
+/// below the 0x7f... range where glibc puts its arenas and stacks.
+fn rss_split(pid: u32) -> (u64, u64, u64) {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    let (mut go, mut anon, mut files) = (0, 0, 0);
+    let mut class = 0;
+    for line in smaps.lines() {
+        let mut fields = line.split_whitespace();
+        let first = fields.next().unwrap_or_default();
+        if let Some((start, _)) = first.split_once('-')
+            && let Ok(start) = u64::from_str_radix(start, 16)
+        {
+            let file = fields.nth(4).is_some_and(|p| p.starts_with('/'));
+            class = if file {
+                2
+            } else if start < 0x5000_0000_0000 {
+                0
+            } else {
+                1
+            };
+        } else if first == "Rss:" {
+            let kib: u64 = fields.next().and_then(|k| k.parse().ok()).unwrap_or(0);
+            match class {
+                0 => go += kib,
+                1 => anon += kib,
+                _ => files += kib,
+            }
+        }
+    }
+    (go / 1024, anon / 1024, files / 1024)
+}
+
 /// What happened to one connection of a burst.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Fate {
@@ -411,6 +445,11 @@ async fn bursts_of_1000_connections_are_each_echoed_or_refused_with_a_record() {
     }
     tokio::time::sleep(Duration::from_secs(5)).await;
     let idle = rss_kib(pid);
+    println!(
+        "idle: RSS {} MiB (Go heap, other anonymous, files MiB: {:?})",
+        idle / 1024,
+        rss_split(pid)
+    );
     let count = |all: &[Value], kind: &str, status: Option<&str>| {
         all.iter()
             .filter(|r| r["kind"] == kind && r["endpoint"] == "echo")
@@ -454,7 +493,19 @@ async fn bursts_of_1000_connections_are_each_echoed_or_refused_with_a_record() {
     sampling.store(false, Ordering::Relaxed);
     sampler.await.expect("sampler");
     let peak = peak.load(Ordering::Relaxed);
-    tokio::time::sleep(Duration::from_secs(60)).await;
+    println!(
+        "right after the bursts: RSS {} MiB (Go heap, other anonymous, files MiB: {:?})",
+        rss_kib(pid) / 1024,
+        rss_split(pid)
+    );
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        println!(
+            "  RSS {} MiB (Go heap, other anonymous, files MiB: {:?})",
+            rss_kib(pid) / 1024,
+            rss_split(pid)
+        );
+    }
     let after = rss_kib(pid);
     println!(
         "connector RSS: idle {} MiB, peak {} MiB, 60 s after the bursts {} MiB",

@@ -38,6 +38,8 @@ func splice(n *node, tc net.Conn, uc *net.UnixConn) {
 		return
 	}
 	defer n.untrack(tc)
+	spliceStarted()
+	defer spliceEnded()
 	var wg sync.WaitGroup
 	wg.Add(2)
 	go func() { // tailnet -> caller

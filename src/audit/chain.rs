@@ -26,11 +26,10 @@
 //! of a chain leaves a shorter valid chain, and a writer that reopens the
 //! store resumes from the new end; the chain alone cannot tell. Neither can
 //! it tell a wholesale rewrite of every row from some point on. Both need
-//! the head `(seq, hash)` kept outside the database: the writer ends every
-//! orderly run with a `Shutdown` record and logs its `(seq, hash)` through
-//! tracing (info level, to wherever the service logs go), and `verify`
-//! reports each connector's head so the two can be compared. A chain whose
-//! last record is not a `Shutdown` is running, crashed, or lost its tail.
+//! the head `(seq, hash)` kept outside the database: signed checkpoints
+//! (see [`super::checkpoint`]) in a witness file, the log and the chain
+//! itself, which `verify` checks. A chain whose last record is not a
+//! `Shutdown` is running, crashed, or lost its tail.
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};

@@ -298,6 +298,11 @@ async fn checkpoints_are_signed_witnessed_and_recorded() {
     assert_eq!(last.record.kind, Kind::Shutdown);
     let cp = checkpoint::parse(&witness, Some(&vkey)).unwrap();
     assert_eq!((cp.seq, cp.hash.as_str()), (last.seq, last.hash.as_str()));
+    // The quoted, escaped form the log line carries reads the same.
+    assert_eq!(
+        checkpoint::parse(&format!("{witness:?}"), Some(&vkey)).unwrap(),
+        cp
+    );
     // A forged signature or another key is refused.
     let tampered = witness.replacen(
         &format!("\n{}\n", last.seq),

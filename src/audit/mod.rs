@@ -9,14 +9,19 @@
 //!
 //! ```text
 //!  data path ──record()──▶ bounded queue ──▶ writer task ──▶ Store
-//!  (AuditGuard on drop)     full? count drop    │ ChainHead      SQLite (WAL) │ PostgreSQL
-//!                                               └ RecordsDropped
+//!  (AuditGuard: place       full? count drop    │ ChainHead      SQLite (WAL) │ PostgreSQL
+//!   reserved, admit())                          ├ RecordsDropped
+//!                          store failing ◀──────┤ retry; gate closed until a commit succeeds
+//!                                               └ checkpoints ──▶ witness file, log, chain
 //!  CLI: verify / query / tail / export_jsonl ◀── Store (read-only)
 //! ```
 //!
 //! Parts: [`record`] (what a record says), [`chain`] (hashing and checking,
-//! pure), [`store`] (SQL, one enum per backend), [`writer`] (queue, batching,
-//! guard, shutdown), [`query`] (reading, verifying, exporting, rendering).
+//! pure), [`checkpoint`] (signed checkpoints of the head, the witness),
+//! [`store`] (SQL, one enum per backend), [`writer`] (queue, the gate that
+//! admits work only while it can be recorded, guard, shutdown), `task`
+//! (the writer task: batching, retry, health), [`query`] (reading,
+//! verifying against checkpoints, exporting, rendering).
 //!
 //! This module depends only on [`crate::identity`].
 

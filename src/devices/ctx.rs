@@ -138,7 +138,7 @@ pub(super) fn set_reason(record: &mut Record, decision: &Decision) {
 /// holds: if the audit log cannot take new work, marks the record refused
 /// with `audit_unavailable` and says why. Nothing may start on `Err`.
 pub(super) fn audit_gate(guard: &mut AuditGuard) -> Result<(), audit::Unavailable> {
-    guard.admit().map_err(|why| {
+    guard.admit().inspect_err(|why| {
         tracing::debug!(reason = audit::Unavailable::CODE, "refused: {why}");
         if guard.kind == audit::Kind::ConnectionClose {
             guard.kind = audit::Kind::ConnectionDenied;
@@ -147,7 +147,6 @@ pub(super) fn audit_gate(guard: &mut AuditGuard) -> Result<(), audit::Unavailabl
         guard.reason = Some(audit::Unavailable::CODE.to_owned());
         guard.detail = Some(why.to_string());
         guard.status = Some("refused".to_owned());
-        why
     })
 }
 

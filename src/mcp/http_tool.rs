@@ -390,6 +390,43 @@ mod tests {
     }
 
     #[test]
+    fn forged_identity_and_overrides_never_leave_and_the_connector_forwards_its_own() {
+        let config = crate::config::parse(
+            "[tailnet]\ncontrol_url = \"http://127.0.0.1:9\"\nauth_key_env = \"K\"\n\
+             state_dir = \"/tmp/x\"\n[[endpoint]]\nname = \"web\"\nkind = \"http\"\n\
+             target = \"127.0.0.1:80\"\nallow = [\"*\"]\n[endpoint.http]\n\
+             strip_headers = [\"X-Api-Role\"]\n",
+            "t.toml",
+        )
+        .unwrap();
+        let rules = config.endpoint("web").unwrap().http.clone().unwrap();
+        let args = HttpArgs::parse(&json!({
+            "endpoint": "web", "method": "GET", "path": "/",
+            "headers": {
+                "X-Forwarded-For": "10.0.0.1", "x_forwarded_user": "admin", "Forwarded": "for=x",
+                "X-Real-IP": "10.0.0.2", "Remote-User": "admin", "X-HTTP-Method-Override": "DELETE",
+                "X-Auth-Request-Email": "a@b", "X-Api-Role": "root", "Accept": "text/plain"
+            }
+        }))
+        .unwrap();
+        let caller = super::super::tests::caller("n1", None, &["tag:agent"]);
+        let headers = build_headers(&args, &caller, &rules).unwrap();
+        let mut names: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        names.sort_unstable();
+        assert_eq!(
+            names,
+            [
+                "accept",
+                "forwarded",
+                "x-forwarded-for",
+                "x-forwarded-proto"
+            ]
+        );
+        let ip = caller.addr.ip().to_string();
+        assert_eq!(headers["x-forwarded-for"], ip.as_str());
+    }
+
+    #[test]
     fn truncated_text_drops_a_cut_character_and_binary_is_base64() {
         let text = "héllo".as_bytes();
         assert_eq!(body_text(&text[..2], true), ("h".to_owned(), "text"));

@@ -17,7 +17,9 @@
 //! - [`policy`]: `decide(policy, caller, action)`; pure, deny by default.
 //! - [`inspect`]: secret and prompt-injection detectors, redaction.
 //! - [`audit`]: records, hash chain, SQLite/PostgreSQL store, verify, export.
-//! - [`backend`]: targets pinned once per configuration, connect with timeout.
+//! - [`backend`]: targets pinned once per configuration, connect with timeout;
+//!   [`backend::headers`], the one list of caller headers that never reach a
+//!   backend and the connector's own forwarding and identity headers.
 //!
 //! Pieces that wire them together:
 //!
@@ -42,7 +44,10 @@
 //! ```
 //!
 //! An [`audit::AuditGuard`] is created at accept and written when dropped, so
-//! a denial, a timeout or a panic still leaves a record.
+//! a denial, a timeout or a panic still leaves a record. It reserves its
+//! record's place in the audit queue, and its `admit()` is the gate: while
+//! records cannot be committed, new work is refused (`audit_unavailable`),
+//! never served unrecorded.
 
 #![deny(unsafe_code)]
 

@@ -268,42 +268,42 @@ pub fn render(snapshot: &Snapshot<'_>) -> String {
         );
     }
     drop(counts);
-    header(
-        &mut out,
-        "portcullis_audit_queue_depth",
-        "gauge",
-        "Audit records waiting to be written.",
-    );
-    line(
-        &mut out,
-        "portcullis_audit_queue_depth",
-        &[],
-        audit.queue_depth() as u64,
-    );
-    header(
-        &mut out,
-        "portcullis_audit_records_written_total",
-        "counter",
-        "Audit records committed to the store.",
-    );
-    line(
-        &mut out,
-        "portcullis_audit_records_written_total",
-        &[],
-        audit.written_total(),
-    );
-    header(
-        &mut out,
-        "portcullis_audit_records_dropped_total",
-        "counter",
-        "Audit records dropped because the queue was full.",
-    );
-    line(
-        &mut out,
-        "portcullis_audit_records_dropped_total",
-        &[],
-        audit.dropped_total(),
-    );
+    let gauges: [(&str, &str, &str, u64); 5] = [
+        (
+            "portcullis_audit_store_up",
+            "gauge",
+            "1 while audit records are being committed, 0 while the store fails (new work is refused unless on_failure = serve).",
+            u64::from(audit.store_up()),
+        ),
+        (
+            "portcullis_audit_queue_depth",
+            "gauge",
+            "Audit records accepted and not yet committed (queued, or in a batch being retried).",
+            audit.queue_depth() as u64,
+        ),
+        (
+            "portcullis_audit_queue_capacity",
+            "gauge",
+            "Places in the audit queue.",
+            audit.queue_capacity() as u64,
+        ),
+        (
+            "portcullis_audit_records_written_total",
+            "counter",
+            "Audit records committed to the store.",
+            audit.written_total(),
+        ),
+        (
+            "portcullis_audit_records_dropped_total",
+            "counter",
+            "Audit records dropped because the queue was full.",
+            audit.dropped_total(),
+        ),
+    ];
+    for (name, kind, help, value) in gauges {
+        header(&mut out, name, kind, help);
+        line(&mut out, name, &[], value);
+    }
     out
 }
 

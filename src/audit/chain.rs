@@ -26,11 +26,10 @@
 //! of a chain leaves a shorter valid chain, and a writer that reopens the
 //! store resumes from the new end; the chain alone cannot tell. Neither can
 //! it tell a wholesale rewrite of every row from some point on. Both need
-//! the head `(seq, hash)` kept outside the database: the writer ends every
-//! orderly run with a `Shutdown` record and logs its `(seq, hash)` through
-//! tracing (info level, to wherever the service logs go), and `verify`
-//! reports each connector's head so the two can be compared. A chain whose
-//! last record is not a `Shutdown` is running, crashed, or lost its tail.
+//! the head `(seq, hash)` kept outside the database: signed checkpoints
+//! (see [`super::checkpoint`]) in a witness file, the log and the chain
+//! itself, which `verify` checks. A chain whose last record is not a
+//! `Shutdown` is running, crashed, or lost its tail.
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -238,6 +237,35 @@ pub enum Problem {
         /// The column name.
         column: String,
     },
+    /// A signed checkpoint names this seq, but the store ends before it:
+    /// the tail of the chain was deleted.
+    CutShort {
+        /// The checkpoint (origin, seq, hash, time, key).
+        checkpoint: String,
+        /// Where it was found (witness file, `--checkpoint` file).
+        source: String,
+        /// The last seq in the store.
+        store_seq: u64,
+    },
+    /// A signed checkpoint names a different hash for this seq: the chain
+    /// was recomputed after an edit.
+    Rewritten {
+        /// The checkpoint (origin, seq, hash, time, key).
+        checkpoint: String,
+        /// Where it was found (witness file, `--checkpoint` file, or the
+        /// checkpoint record in the chain).
+        source: String,
+        /// The hash the store holds for this seq.
+        store_hash: String,
+    },
+    /// A checkpoint (in the chain or given) is not validly signed or does
+    /// not name this chain where it must.
+    BadCheckpoint {
+        /// Where it was found.
+        source: String,
+        /// What is wrong.
+        why: String,
+    },
 }
 
 impl std::fmt::Display for Problem {
@@ -259,6 +287,25 @@ impl std::fmt::Display for Problem {
             }
             Problem::ColumnMismatch { column } => {
                 write!(f, "indexed column `{column}` does not match body (edited)")
+            }
+            Problem::CutShort {
+                checkpoint,
+                source,
+                store_seq,
+            } => write!(
+                f,
+                "chain cut short: the store ends at seq {store_seq}, but checkpoint {checkpoint} (from {source}) names this seq"
+            ),
+            Problem::Rewritten {
+                checkpoint,
+                source,
+                store_hash,
+            } => write!(
+                f,
+                "chain rewritten: the store's hash here is {store_hash}, but checkpoint {checkpoint} (from {source}) names another"
+            ),
+            Problem::BadCheckpoint { source, why } => {
+                write!(f, "checkpoint from {source} cannot be trusted: {why}")
             }
         }
     }

@@ -9,26 +9,35 @@
 //!
 //! ```text
 //!  data path ──record()──▶ bounded queue ──▶ writer task ──▶ Store
-//!  (AuditGuard on drop)     full? count drop    │ ChainHead      SQLite (WAL) │ PostgreSQL
-//!                                               └ RecordsDropped
+//!  (AuditGuard: place       full? count drop    │ ChainHead      SQLite (WAL) │ PostgreSQL
+//!   reserved, admit())                          ├ RecordsDropped
+//!                          store failing ◀──────┤ retry; gate closed until a commit succeeds
+//!                                               └ checkpoints ──▶ witness file, log, chain
 //!  CLI: verify / query / tail / export_jsonl ◀── Store (read-only)
 //! ```
 //!
 //! Parts: [`record`] (what a record says), [`chain`] (hashing and checking,
-//! pure), [`store`] (SQL, one enum per backend), [`writer`] (queue, batching,
-//! guard, shutdown), [`query`] (reading, verifying, exporting, rendering).
+//! pure), [`checkpoint`] (signed checkpoints of the head, the witness),
+//! [`store`] (SQL, one enum per backend), [`writer`] (queue, the gate that
+//! admits work only while it can be recorded, guard, shutdown), `task`
+//! (the writer task: batching, retry, health), [`query`] (reading,
+//! verifying against checkpoints, exporting, rendering).
 //!
 //! This module depends only on [`crate::identity`].
 
 pub mod chain;
+pub mod checkpoint;
 pub mod query;
 pub mod record;
 pub mod store;
+mod task;
 pub mod time_fmt;
 pub mod writer;
 
 #[cfg(test)]
 mod chain_tests;
+#[cfg(test)]
+mod gate_tests;
 #[cfg(test)]
 mod pg_tests;
 #[cfg(test)]
@@ -39,13 +48,16 @@ mod test_support;
 mod writer_tests;
 
 pub use chain::{BadRecord, ChainHead, GENESIS, Problem, Row};
+pub use checkpoint::{Checkpoint, CheckpointError, Checkpointer};
 pub use query::{
-    ChainSummary, Filter, StoredRecord, Tail, VerifyReport, export_jsonl, query, render_table,
-    verify,
+    AnchorCheck, Anchors, ChainSummary, Filter, StoredRecord, Tail, VerifyReport, export_jsonl,
+    query, render_table, verify, verify_anchored,
 };
 pub use record::{CallerInfo, Decision, Finding, FindingAction, Kind, Record, arg_digest};
 pub use store::{Access, Store};
-pub use writer::{AuditGuard, AuditLog, WriterTask};
+pub use writer::{
+    AuditGuard, AuditLog, DEFAULT_QUEUE, OnFailure, Options, Unavailable, WriterTask,
+};
 
 /// Everything that can go wrong in the audit layer.
 #[derive(Debug, thiserror::Error)]
@@ -95,14 +107,24 @@ pub enum AuditError {
     /// The writer task has stopped (after shutdown, or it failed).
     #[error("the audit writer has stopped")]
     Closed,
-    /// Records that were enqueued could not be written before shutdown.
-    #[error("{lost} audit records could not be written at shutdown: {reason}")]
+    /// Records that were accepted could not be written before shutdown.
+    #[error(
+        "{lost} audit records could not be written at shutdown ({dropped} more were dropped earlier and not yet recorded as dropped): {reason}"
+    )]
     Lost {
         /// How many records.
         lost: u64,
+        /// Drops counted but not yet written as a `records_dropped` record.
+        dropped: u64,
         /// The last store error.
         reason: String,
     },
+    /// A checkpoint key or witness could not be read, written or used.
+    #[error("audit checkpoint: {0}")]
+    Checkpoint(String),
+    /// The store did not answer a commit in time.
+    #[error("the audit store did not answer within {0:?}")]
+    StoreTimeout(std::time::Duration),
     /// Writing an export failed.
     #[error("audit export: {0}")]
     Io(#[from] std::io::Error),
@@ -122,6 +144,8 @@ impl AuditError {
             AuditError::Closed => "audit_closed",
             AuditError::Lost { .. } => "audit_records_lost",
             AuditError::Io(_) => "audit_io_error",
+            AuditError::Checkpoint(_) => "audit_checkpoint_error",
+            AuditError::StoreTimeout(_) => "audit_store_timeout",
         }
     }
 }

@@ -8,7 +8,8 @@ use serde::Serialize;
 use time::OffsetDateTime;
 
 use super::AuditError;
-use super::chain::{self, BadRecord, Row, Verifier};
+use super::chain::{self, BadRecord, Problem, Row, Verifier};
+use super::checkpoint::{self, Checkpoint};
 use super::record::{Decision, Kind, Record};
 use super::store::{Access, Store};
 
@@ -80,6 +81,30 @@ pub struct ChainSummary {
     pub head_hash: String,
     /// Whether the last row is a `Shutdown` record (an orderly stop).
     pub ends_with_shutdown: bool,
+    /// Checkpoint records in the chain that were checked.
+    pub checkpoints_in_chain: u64,
+}
+
+/// What [`verify_anchored`] checks a store against besides the chain itself.
+#[derive(Debug, Clone, Default)]
+pub struct Anchors {
+    /// Verifier key (signed-note format, `name+id+base64`) of the
+    /// connector's checkpoint key. Without it, signatures are not checked
+    /// (hashes still are).
+    pub key: Option<String>,
+    /// Checkpoints kept outside the database: `(where from, signed note)`.
+    pub checkpoints: Vec<(String, String)>,
+}
+
+/// One checkpoint from outside the database, and how the store compared.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AnchorCheck {
+    /// Where it came from.
+    pub source: String,
+    /// What it says, if it could be read.
+    pub checkpoint: Option<Checkpoint>,
+    /// True if the store holds exactly the head it names.
+    pub ok: bool,
 }
 
 /// The result of [`verify`].
@@ -93,14 +118,29 @@ pub struct VerifyReport {
     pub ok: bool,
     /// The first bad record found (connectors are checked in name order).
     pub first_bad: Option<BadRecord>,
+    /// The outside checkpoints compared (see [`Anchors`]).
+    pub anchors: Vec<AnchorCheck>,
 }
 
 /// Verifies the chain of `connector`, or of every connector in the store.
 /// A chain problem is a report with `ok == false`, not an error; errors are
 /// for an unreadable store.
 pub async fn verify(url: &str, connector: Option<&str>) -> Result<VerifyReport, AuditError> {
+    verify_anchored(url, connector, &Anchors::default()).await
+}
+
+/// Like [`verify`], and also checks each chain against signed
+/// checkpoints: the checkpoint records inside it (signature, and that each
+/// names the row before it) and those in `anchors` (the store must hold
+/// the head each names, with the same hash). A chain cut short or
+/// recomputed after an edit fails with the checkpoint named.
+pub async fn verify_anchored(
+    url: &str,
+    connector: Option<&str>,
+    anchors: &Anchors,
+) -> Result<VerifyReport, AuditError> {
     let store = Store::open(url, Access::ReadOnly).await?;
-    let result = verify_store(&store, connector).await;
+    let result = verify_store(&store, connector, anchors).await;
     store.close().await;
     result
 }
@@ -108,20 +148,55 @@ pub async fn verify(url: &str, connector: Option<&str>) -> Result<VerifyReport, 
 pub(crate) async fn verify_store(
     store: &Store,
     connector: Option<&str>,
+    anchors: &Anchors,
 ) -> Result<VerifyReport, AuditError> {
-    let names = match connector {
+    let mut names = match connector {
         Some(name) => vec![name.to_owned()],
         None => store.connectors().await?,
     };
+    let key = anchors.key.as_deref();
+    let mut outside = Vec::new();
+    for (source, text) in &anchors.checkpoints {
+        let parsed = checkpoint::parse(text, key);
+        if let Ok(cp) = &parsed
+            && connector.is_none()
+            && !names.contains(&cp.connector)
+        {
+            // A chain the store no longer has at all was cut to nothing.
+            names.push(cp.connector.clone());
+        }
+        outside.push((source.clone(), parsed));
+    }
+    names.sort();
     let mut report = VerifyReport {
         connectors: Vec::new(),
         records: 0,
         ok: true,
         first_bad: None,
+        anchors: Vec::new(),
     };
+    for (source, parsed) in &outside {
+        if let Err(e) = parsed {
+            report.ok = false;
+            report.anchors.push(AnchorCheck {
+                source: source.clone(),
+                checkpoint: None,
+                ok: false,
+            });
+            report.first_bad.get_or_insert(BadRecord {
+                connector: connector.unwrap_or_default().to_owned(),
+                seq: 0,
+                problem: Problem::BadCheckpoint {
+                    source: source.clone(),
+                    why: e.to_string(),
+                },
+            });
+        }
+    }
     for name in names {
         let mut verifier = Verifier::new(&name);
         let mut records = 0u64;
+        let mut in_chain = 0u64;
         let mut last_kind = String::new();
         let mut after = 0u64;
         let mut bad = None;
@@ -130,7 +205,15 @@ pub(crate) async fn verify_store(
             let Some(last) = rows.last() else { break };
             after = last.seq;
             for row in &rows {
-                if let Err(problem) = verifier.check(row) {
+                let checked = verifier.check(row).and_then(|()| {
+                    if row.kind == Kind::Checkpoint.as_str() {
+                        in_chain += 1;
+                        check_in_chain(&name, row, key)
+                    } else {
+                        Ok(())
+                    }
+                });
+                if let Err(problem) = checked {
                     bad = Some(problem);
                     break 'pages;
                 }
@@ -138,13 +221,32 @@ pub(crate) async fn verify_store(
                 last_kind.clone_from(&row.kind);
             }
         }
+        let head = verifier.head().clone();
+        if bad.is_none() {
+            for (source, parsed) in &outside {
+                let Ok(cp) = parsed else { continue };
+                if cp.connector != name {
+                    continue;
+                }
+                let problem = check_anchor(store, &name, head.seq, cp, source).await?;
+                report.anchors.push(AnchorCheck {
+                    source: source.clone(),
+                    checkpoint: Some(cp.clone()),
+                    ok: problem.is_none(),
+                });
+                if bad.is_none() {
+                    bad = problem;
+                }
+            }
+        }
         report.records += records;
         report.connectors.push(ChainSummary {
             connector: name,
             records,
-            head_seq: verifier.head().seq,
-            head_hash: verifier.head().hash.clone(),
+            head_seq: head.seq,
+            head_hash: head.hash,
             ends_with_shutdown: bad.is_none() && last_kind == Kind::Shutdown.as_str(),
+            checkpoints_in_chain: in_chain,
         });
         if let Some(bad) = bad {
             report.ok = false;
@@ -152,6 +254,92 @@ pub(crate) async fn verify_store(
         }
     }
     Ok(report)
+}
+
+/// A checkpoint record must be validly signed (when the key is known) and
+/// name the row just before it, whose hash is the record's `prev_hash`: a
+/// chain recomputed from an earlier row changes that hash, and the old
+/// signature cannot be made to match.
+fn check_in_chain(connector: &str, row: &Row, key: Option<&str>) -> Result<(), BadRecord> {
+    let source = format!("the checkpoint record at seq {}", row.seq);
+    let bad = |problem| BadRecord {
+        connector: connector.to_owned(),
+        seq: row.seq,
+        problem,
+    };
+    let untrusted = |why: String| {
+        bad(Problem::BadCheckpoint {
+            source: source.clone(),
+            why,
+        })
+    };
+    let (_, record) = chain::parse_body(&row.body).map_err(|e| untrusted(e.to_string()))?;
+    let note = record.extra["note"]
+        .as_str()
+        .ok_or_else(|| untrusted("no signed note".to_owned()))?;
+    let cp = checkpoint::parse(note, key).map_err(|e| untrusted(e.to_string()))?;
+    if cp.connector != connector || cp.seq + 1 != row.seq {
+        return Err(untrusted(format!(
+            "it names {}{} seq {} instead of the row before it",
+            checkpoint::ORIGIN_PREFIX,
+            cp.connector,
+            cp.seq
+        )));
+    }
+    if cp.hash != row.prev_hash {
+        return Err(BadRecord {
+            connector: connector.to_owned(),
+            seq: cp.seq,
+            problem: Problem::Rewritten {
+                checkpoint: cp.to_string(),
+                source,
+                store_hash: row.prev_hash.clone(),
+            },
+        });
+    }
+    Ok(())
+}
+
+/// Compares a checkpoint from outside with the verified chain whose last
+/// row is `head_seq`.
+async fn check_anchor(
+    store: &Store,
+    connector: &str,
+    head_seq: u64,
+    cp: &Checkpoint,
+    source: &str,
+) -> Result<Option<BadRecord>, AuditError> {
+    let bad = |problem| {
+        Some(BadRecord {
+            connector: connector.to_owned(),
+            seq: cp.seq,
+            problem,
+        })
+    };
+    if cp.seq > head_seq {
+        return Ok(bad(Problem::CutShort {
+            checkpoint: cp.to_string(),
+            source: source.to_owned(),
+            store_seq: head_seq,
+        }));
+    }
+    if cp.seq == 0 {
+        return Ok(None);
+    }
+    let rows = store.rows_after(connector, cp.seq - 1, 1).await?;
+    match rows.first() {
+        Some(row) if row.seq == cp.seq && row.hash == cp.hash => Ok(None),
+        Some(row) => Ok(bad(Problem::Rewritten {
+            checkpoint: cp.to_string(),
+            source: source.to_owned(),
+            store_hash: row.hash.clone(),
+        })),
+        None => Ok(bad(Problem::CutShort {
+            checkpoint: cp.to_string(),
+            source: source.to_owned(),
+            store_seq: head_seq,
+        })),
+    }
 }
 
 /// The most recent records matching `filter`, oldest first.

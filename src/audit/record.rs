@@ -48,11 +48,14 @@ pub enum Kind {
     RateLimited,
     /// A periodic snapshot of counters (in `extra`).
     Metrics,
+    /// A signed checkpoint of the row before it (the signed note in
+    /// `extra.note`; see [`super::checkpoint`]).
+    Checkpoint,
 }
 
 impl Kind {
     /// Every kind, in declaration order.
-    pub const ALL: [Kind; 15] = [
+    pub const ALL: [Kind; 16] = [
         Kind::Startup,
         Kind::Shutdown,
         Kind::ConnectionOpen,
@@ -68,6 +71,7 @@ impl Kind {
         Kind::RecordsDropped,
         Kind::RateLimited,
         Kind::Metrics,
+        Kind::Checkpoint,
     ];
 
     /// The stored name, identical to the serde name.
@@ -88,6 +92,7 @@ impl Kind {
             Kind::RecordsDropped => "records_dropped",
             Kind::RateLimited => "rate_limited",
             Kind::Metrics => "metrics",
+            Kind::Checkpoint => "checkpoint",
         }
     }
 

@@ -167,16 +167,33 @@ impl Store {
 
     /// Appends `rows` in one transaction. With `durable`, SQLite syncs the
     /// commit fully and checkpoints the WAL (used for the last batch).
+    ///
+    /// A connection whose append failed is closed, never reused: after a
+    /// failed statement or commit (a full disk, an I/O error) SQLite may
+    /// already have rolled the transaction back while the driver still
+    /// believes it open, and the next use of that connection would run
+    /// inside a transaction that is not there (for the shutdown's
+    /// `PRAGMA synchronous`, "Safety level may not be changed inside a
+    /// transaction"). A fresh connection starts from a clean state.
     pub async fn append(&self, rows: &[Row], durable: bool) -> Result<(), AuditError> {
         match self {
             Store::Sqlite(pool) => {
                 let mut conn = pool.acquire().await?;
-                if durable {
-                    sqlx::query("PRAGMA synchronous = FULL")
-                        .execute(&mut *conn)
-                        .await?;
+                let written = async {
+                    if durable {
+                        sqlx::query("PRAGMA synchronous = FULL")
+                            .execute(&mut *conn)
+                            .await?;
+                    }
+                    insert_rows!(conn, rows);
+                    Ok::<(), AuditError>(())
                 }
-                insert_rows!(conn, rows);
+                .await;
+                if let Err(e) = written {
+                    // The close error adds nothing to the append error.
+                    let _ = conn.close().await;
+                    return Err(e);
+                }
                 if durable {
                     // Best effort: a busy reader only delays the checkpoint
                     // to the next open; the commit above is already durable.
@@ -187,7 +204,15 @@ impl Store {
             }
             Store::Postgres(pool) => {
                 let mut conn = pool.acquire().await?;
-                insert_rows!(conn, rows);
+                let written = async {
+                    insert_rows!(conn, rows);
+                    Ok::<(), AuditError>(())
+                }
+                .await;
+                if let Err(e) = written {
+                    let _ = conn.close().await;
+                    return Err(e);
+                }
             }
         }
         Ok(())

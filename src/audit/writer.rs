@@ -1,55 +1,132 @@
-//! The write side: a cheap handle for the data path, one writer task that
-//! owns the chain head, and a guard that writes its record when dropped.
+//! The write side: a cheap handle for the data path, the gate that admits
+//! work only while it can be recorded, and a guard that writes its record
+//! when dropped.
 //!
-//! The data path must never wait for the disk, so [`AuditLog::record`] only
-//! tries to enqueue. When the queue is full the record is dropped and
-//! counted; the writer then writes a [`Kind::RecordsDropped`] record into
-//! the chain at its next batch, so a gap in coverage is itself audited.
+//! # The audit trail gates the work
+//!
+//! Every [`AuditGuard`] reserves one place in the bounded queue when it is
+//! created, so the record it writes when dropped can never be turned away
+//! for lack of room. [`AuditGuard::admit`] is the gate: it refuses new
+//! work while the store cannot be written (the writer keeps retrying and
+//! reopens the gate on its own once a commit succeeds), when no place was
+//! left in the queue, and after shutdown. Under
+//! [`OnFailure::Serve`] the gate always admits and records that do not fit
+//! are dropped and counted, a documented exception that `review` warns
+//! about.
+//!
+//! Records written with [`AuditLog::record`] (outside a guard) take a place
+//! only if one is free; when the queue is full the record is dropped and
+//! counted, and the writer puts a [`Kind::RecordsDropped`] record into the
+//! chain at its next commit, so a gap in coverage is itself audited.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
 
+use tokio::sync::mpsc::OwnedPermit;
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::AuditError;
-use super::chain::{ChainHead, Row};
+use super::checkpoint::Checkpointer;
 use super::record::{Kind, Record};
 use super::store::{Access, Store};
+use super::task::Writer;
 use super::time_fmt;
-
-/// Most records written in one transaction.
-const MAX_BATCH: usize = 512;
-/// Longest pause between retries of a failed batch.
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
-/// Attempts at the last batches once shutdown has begun; after that the
-/// remaining records are reported lost rather than hanging the stop.
-const SHUTDOWN_ATTEMPTS: u32 = 3;
 
 /// The writer task; resolves when the writer stops.
 pub type WriterTask = JoinHandle<Result<(), AuditError>>;
 
-enum Msg {
+/// Default size of the queue between the data path and the writer.
+pub const DEFAULT_QUEUE: usize = 65_536;
+
+pub(super) enum Msg {
     Record(Box<Record>),
     Flush(oneshot::Sender<()>),
-    Shutdown(oneshot::Sender<Result<(), AuditError>>),
 }
 
-/// State shared by the handles and the writer. The queue's sender lives
-/// only in the handles, so the queue closes when the last handle goes.
-struct Shared {
-    connector: String,
+/// What the connector does while records cannot be committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnFailure {
+    /// Refuse new work until records can be written again (the default).
+    #[default]
+    Refuse,
+    /// Keep serving; records that do not fit the queue are dropped and
+    /// counted. A reviewed exception.
+    Serve,
+}
+
+/// Why the gate refuses new work. Every variant reaches callers as the
+/// reason code [`Unavailable::CODE`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Unavailable {
+    /// The store refused the last commit; the writer is retrying.
+    #[error("the audit store cannot be written; new work is refused until it can")]
+    StoreDown,
+    /// Every place in the audit queue is taken.
+    #[error("the audit queue is full; new work is refused until records are written")]
+    QueueFull,
+    /// The audit log has shut down.
+    #[error("the audit log is closed")]
+    Closed,
+}
+
+impl Unavailable {
+    /// The reason code in records, HTTP bodies and tool errors.
+    pub const CODE: &'static str = "audit_unavailable";
+}
+
+/// Settings of an [`AuditLog`].
+#[derive(Debug, Default)]
+pub struct Options {
+    /// Places in the queue between the data path and the writer (at least
+    /// 1; [`DEFAULT_QUEUE`] when 0).
+    pub queue: usize,
+    /// What to do while records cannot be committed.
+    pub on_failure: OnFailure,
+    /// Signs checkpoints of the chain head, if set.
+    pub checkpoints: Option<Checkpointer>,
+}
+
+/// State shared by the handles and the writer.
+pub(super) struct Shared {
+    pub(super) connector: String,
     fingerprint: RwLock<String>,
+    pub(super) on_failure: OnFailure,
+    pub(super) capacity: usize,
+    /// False from the first failed commit until the next one succeeds.
+    pub(super) store_up: AtomicBool,
+    /// The last store error, while it is failing.
+    pub(super) last_error: Mutex<Option<String>>,
+    /// Records in the queue or in the writer's hands, not yet committed.
+    pub(super) queued: AtomicU64,
     /// Drops not yet written as a `RecordsDropped` record.
-    pending_drops: AtomicU64,
-    dropped_total: AtomicU64,
-    written_total: AtomicU64,
+    pub(super) pending_drops: AtomicU64,
+    pub(super) dropped_total: AtomicU64,
+    pub(super) committed_total: AtomicU64,
     /// Wakes an idle writer so that drops are recorded without waiting for
     /// the next record.
-    drop_notify: Notify,
+    pub(super) drop_notify: Notify,
     /// Metrics derived from every record enqueued.
     stats: crate::metrics::RecordStats,
+}
+
+impl Shared {
+    pub(super) fn fingerprint(&self) -> String {
+        // A poisoned lock only means a writer of this String panicked; the
+        // value is still a whole String, so keep using it.
+        self.fingerprint
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    fn count_drop(&self) {
+        self.pending_drops.fetch_add(1, Ordering::Relaxed);
+        self.dropped_total.fetch_add(1, Ordering::Relaxed);
+        self.drop_notify.notify_one();
+    }
 }
 
 /// A handle to the audit log of one connector. Clone it freely: every clone
@@ -57,6 +134,7 @@ struct Shared {
 #[derive(Clone)]
 pub struct AuditLog {
     tx: mpsc::Sender<Msg>,
+    stop: mpsc::UnboundedSender<oneshot::Sender<Result<(), AuditError>>>,
     shared: Arc<Shared>,
 }
 
@@ -72,14 +150,28 @@ impl std::fmt::Debug for AuditLog {
 impl AuditLog {
     /// Opens the store at `url` (see [`Store::open`]), resumes `connector`'s
     /// chain from its last row and starts the writer task with a queue of
-    /// `queue_capacity` records (at least 1). Must be called inside a Tokio
-    /// runtime.
+    /// `queue_capacity` records (at least 1), refusing work while the store
+    /// fails, without checkpoints. Must be called inside a Tokio runtime.
     pub async fn open(
         url: &str,
         connector: &str,
         queue_capacity: usize,
     ) -> Result<(AuditLog, WriterTask), AuditError> {
-        if connector.is_empty() || connector.len() > 128 {
+        let options = Options {
+            queue: queue_capacity.max(1),
+            ..Options::default()
+        };
+        AuditLog::open_with(url, connector, options).await
+    }
+
+    /// Like [`open`](Self::open), with every setting given.
+    pub async fn open_with(
+        url: &str,
+        connector: &str,
+        options: Options,
+    ) -> Result<(AuditLog, WriterTask), AuditError> {
+        if connector.is_empty() || connector.len() > 128 || connector.chars().any(char::is_control)
+        {
             return Err(AuditError::BadConnector {
                 name: connector.to_owned(),
             });
@@ -87,24 +179,36 @@ impl AuditLog {
         let store = Store::open(url, Access::ReadWrite).await?;
         let head = store.head(connector).await?;
         tracing::debug!(connector, seq = head.seq, "audit chain resumed");
-        let (tx, rx) = mpsc::channel(queue_capacity.max(1));
+        let capacity = match options.queue {
+            0 => DEFAULT_QUEUE,
+            n => n,
+        };
+        let (tx, rx) = mpsc::channel(capacity);
+        let (stop, stop_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             connector: connector.to_owned(),
             fingerprint: RwLock::new(String::new()),
+            on_failure: options.on_failure,
+            capacity,
+            store_up: AtomicBool::new(true),
+            last_error: Mutex::new(None),
+            queued: AtomicU64::new(0),
             pending_drops: AtomicU64::new(0),
             dropped_total: AtomicU64::new(0),
-            written_total: AtomicU64::new(0),
+            committed_total: AtomicU64::new(0),
             drop_notify: Notify::new(),
             stats: crate::metrics::RecordStats::default(),
         });
-        let writer = Writer {
+        let writer = Writer::new(
             store,
             head,
             rx,
-            shared: Arc::clone(&shared),
-        };
+            stop_rx,
+            Arc::clone(&shared),
+            options.checkpoints,
+        );
         let task = tokio::spawn(writer.run());
-        Ok((AuditLog { tx, shared }, task))
+        Ok((AuditLog { tx, stop, shared }, task))
     }
 
     /// The connector this log writes for.
@@ -115,8 +219,6 @@ impl AuditLog {
     /// Sets the endpoint file fingerprint stamped on records that carry
     /// none (call it at start-up and on every accepted reload).
     pub fn set_fingerprint(&self, fingerprint: &str) {
-        // A poisoned lock only means a writer of this String panicked; the
-        // value is still a whole String, so keep using it.
         let mut guard = self
             .shared
             .fingerprint
@@ -125,27 +227,66 @@ impl AuditLog {
         *guard = fingerprint.to_owned();
     }
 
-    /// Enqueues `record` without waiting. Fills in time, connector and
-    /// fingerprint. If the queue is full (or the writer has stopped) the
-    /// record is dropped and counted; the count is written to the chain.
-    pub fn record(&self, mut record: Record) {
+    /// Fills in time, connector and fingerprint, and counts the record for
+    /// metrics.
+    fn stamp(&self, record: &mut Record) {
         if record.time.is_none() {
             record.time = Some(time_fmt::now());
         }
         record.connector.clone_from(&self.shared.connector);
         if record.fingerprint.is_empty() {
-            let current = self
-                .shared
-                .fingerprint
-                .read()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            record.fingerprint.clone_from(&current);
+            record.fingerprint = self.shared.fingerprint();
         }
-        self.shared.stats.observe(&record);
+        self.shared.stats.observe(record);
+    }
+
+    /// Enqueues `record` without waiting. Fills in time, connector and
+    /// fingerprint. If the queue is full (or the writer has stopped) the
+    /// record is dropped and counted; the count is written to the chain.
+    pub fn record(&self, mut record: Record) {
+        self.stamp(&mut record);
+        // Counted before sending, so the writer never sees a record it
+        // has not been told about.
+        self.shared.queued.fetch_add(1, Ordering::Relaxed);
         if self.tx.try_send(Msg::Record(Box::new(record))).is_err() {
-            self.shared.pending_drops.fetch_add(1, Ordering::Relaxed);
-            self.shared.dropped_total.fetch_add(1, Ordering::Relaxed);
-            self.shared.drop_notify.notify_one();
+            self.shared.queued.fetch_sub(1, Ordering::Relaxed);
+            self.shared.count_drop();
+        }
+    }
+
+    /// Enqueues `record` in the place `slot` reserved for it.
+    fn record_reserved(&self, mut record: Record, slot: OwnedPermit<Msg>) {
+        if self.tx.is_closed() {
+            self.stamp(&mut record);
+            self.shared.count_drop();
+            return;
+        }
+        self.stamp(&mut record);
+        self.shared.queued.fetch_add(1, Ordering::Relaxed);
+        slot.send(Msg::Record(Box::new(record)));
+    }
+
+    /// Whether new work may start now: the store is being written, the
+    /// queue has room and the log is open. Always `Ok` under
+    /// [`OnFailure::Serve`]. Work that holds an [`AuditGuard`] asks
+    /// [`AuditGuard::admit`] instead, which also checks that the guard's own
+    /// record has its place.
+    pub fn admit(&self) -> Result<(), Unavailable> {
+        self.gate(self.tx.capacity() > 0)
+    }
+
+    fn gate(&self, has_room: bool) -> Result<(), Unavailable> {
+        if self.shared.on_failure == OnFailure::Serve {
+            return Ok(());
+        }
+        if self.tx.is_closed() {
+            Err(Unavailable::Closed)
+        } else if !self.shared.store_up.load(Ordering::Relaxed) {
+            Err(Unavailable::StoreDown)
+        } else if !has_room {
+            Err(Unavailable::QueueFull)
+        } else {
+            Ok(())
         }
     }
 
@@ -161,15 +302,14 @@ impl AuditLog {
     }
 
     /// Writes everything enqueued, then a final [`Kind::Shutdown`] record
-    /// (durably), logs the chain head and closes the store. Records offered
-    /// afterwards are counted as dropped. `Err(Closed)` if already shut
-    /// down.
+    /// (durably), signs a last checkpoint if checkpoints are on, and closes
+    /// the store. A store that still cannot be written gets a bounded time,
+    /// then the records left are reported as [`AuditError::Lost`]. Records
+    /// offered afterwards are counted as dropped. `Err(Closed)` if already
+    /// shut down.
     pub async fn shutdown(&self) -> Result<(), AuditError> {
         let (done, wait) = oneshot::channel();
-        self.tx
-            .send(Msg::Shutdown(done))
-            .await
-            .map_err(|_| AuditError::Closed)?;
+        self.stop.send(done).map_err(|_| AuditError::Closed)?;
         wait.await.map_err(|_| AuditError::Closed)?
     }
 
@@ -180,16 +320,28 @@ impl AuditLog {
 
     /// The fingerprint stamped on records that carry none.
     pub fn fingerprint(&self) -> String {
-        self.shared
-            .fingerprint
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()
+        self.shared.fingerprint()
     }
 
-    /// Records waiting in the queue.
+    /// What the connector does while records cannot be committed.
+    pub fn on_failure(&self) -> OnFailure {
+        self.shared.on_failure
+    }
+
+    /// Places in the queue.
+    pub fn queue_capacity(&self) -> usize {
+        self.shared.capacity
+    }
+
+    /// Records accepted and not yet committed: waiting in the queue or in
+    /// the writer's hands (a batch being retried).
     pub fn queue_depth(&self) -> usize {
-        self.tx.max_capacity() - self.tx.capacity()
+        usize::try_from(self.shared.queued.load(Ordering::Relaxed)).unwrap_or(usize::MAX)
+    }
+
+    /// Whether the last commit succeeded (false while the store fails).
+    pub fn store_up(&self) -> bool {
+        self.shared.store_up.load(Ordering::Relaxed)
     }
 
     /// Records dropped because the queue was full or the writer had stopped.
@@ -197,201 +349,10 @@ impl AuditLog {
         self.shared.dropped_total.load(Ordering::Relaxed)
     }
 
-    /// Records committed to the store (including `RecordsDropped` and
-    /// `Shutdown` records).
+    /// Records committed to the store (including the writer's own
+    /// `RecordsDropped`, `Checkpoint` and `Shutdown` records).
     pub fn written_total(&self) -> u64 {
-        self.shared.written_total.load(Ordering::Relaxed)
-    }
-}
-
-/// The single owner of a connector's chain head.
-struct Writer {
-    store: Store,
-    head: ChainHead,
-    rx: mpsc::Receiver<Msg>,
-    shared: Arc<Shared>,
-}
-
-impl Writer {
-    async fn run(mut self) -> Result<(), AuditError> {
-        let mut batch: Vec<Msg> = Vec::with_capacity(MAX_BATCH);
-        loop {
-            let open = tokio::select! {
-                // Messages first: drops are recorded after what was queued.
-                biased;
-                received = self.rx.recv_many(&mut batch, MAX_BATCH) => received > 0,
-                () = self.shared.drop_notify.notified() => true,
-            };
-            if !open {
-                // Every handle is gone without a shutdown: write what is
-                // left (the queue is empty here) and stop.
-                let result = self.write_batch(Vec::new(), false, false).await;
-                self.store.close().await;
-                return result;
-            }
-            let mut records = Vec::with_capacity(batch.len());
-            let mut flushes = Vec::new();
-            let mut shutdown = None;
-            for msg in batch.drain(..) {
-                match msg {
-                    Msg::Record(record) => records.push(*record),
-                    Msg::Flush(done) => flushes.push(done),
-                    Msg::Shutdown(done) if shutdown.is_none() => shutdown = Some(done),
-                    // A second shutdown while the first runs: it finds the
-                    // writer gone, like any later one.
-                    Msg::Shutdown(_) => {}
-                }
-            }
-            if let Some(done) = shutdown {
-                let result = self.finish(records, flushes).await;
-                // The caller may have stopped waiting; nothing else to tell.
-                let _ = done.send(result);
-                return Ok(());
-            }
-            // A failed batch is retried until it commits: records are
-            // never skipped, and meanwhile the queue absorbs or drops.
-            self.write_batch(records, false, true).await?;
-            for done in flushes {
-                let _ = done.send(());
-            }
-        }
-    }
-
-    /// Writes the rest of the queue, then the `Shutdown` record.
-    async fn finish(
-        &mut self,
-        mut records: Vec<Record>,
-        flushes: Vec<oneshot::Sender<()>>,
-    ) -> Result<(), AuditError> {
-        // No new messages after this; those already queued are still taken.
-        self.rx.close();
-        let mut late_flushes = Vec::new();
-        while let Ok(msg) = self.rx.try_recv() {
-            match msg {
-                Msg::Record(record) => records.push(*record),
-                Msg::Flush(done) => late_flushes.push(done),
-                Msg::Shutdown(_) => {}
-            }
-        }
-        let mut shutdown = Record::new(Kind::Shutdown);
-        shutdown.time = Some(time_fmt::now());
-        shutdown.connector.clone_from(&self.shared.connector);
-        shutdown.fingerprint = self
-            .shared
-            .fingerprint
-            .read()
-            .map(|f| f.clone())
-            .unwrap_or_else(|poisoned| poisoned.into_inner().clone());
-        let result = async {
-            for chunk in records.chunks(MAX_BATCH) {
-                self.write_batch(chunk.to_vec(), false, false).await?;
-            }
-            // Drops after this point cannot be recorded: report the total.
-            let written = self.shared.written_total.load(Ordering::Relaxed);
-            let dropped = self.shared.dropped_total.load(Ordering::Relaxed);
-            shutdown.set_extra("written_before", written.into());
-            shutdown.set_extra("dropped_total", dropped.into());
-            self.write_batch(vec![shutdown], true, false).await
-        }
-        .await;
-        for done in flushes.into_iter().chain(late_flushes) {
-            let _ = done.send(());
-        }
-        match &result {
-            Ok(()) => tracing::info!(
-                connector = %self.shared.connector,
-                seq = self.head.seq,
-                hash = %self.head.hash,
-                "audit log closed; keep this head to detect a truncated chain"
-            ),
-            Err(error) => tracing::error!(
-                connector = %self.shared.connector,
-                %error,
-                "audit log could not be closed cleanly"
-            ),
-        }
-        self.store.close().await;
-        result
-    }
-
-    /// Commits `records` (plus a `RecordsDropped` record if drops are
-    /// pending) in one transaction and advances the head. With `forever`,
-    /// a failure is retried with backoff until it succeeds; otherwise
-    /// after [`SHUTDOWN_ATTEMPTS`] the records are reported lost.
-    async fn write_batch(
-        &mut self,
-        mut records: Vec<Record>,
-        durable: bool,
-        forever: bool,
-    ) -> Result<(), AuditError> {
-        let drops = self.shared.pending_drops.swap(0, Ordering::Relaxed);
-        if drops > 0 {
-            tracing::warn!(
-                connector = %self.shared.connector,
-                dropped = drops,
-                "audit queue full: records dropped"
-            );
-            let mut record = Record::records_dropped(drops);
-            record.time = Some(time_fmt::now());
-            record.connector.clone_from(&self.shared.connector);
-            records.push(record);
-        }
-        if records.is_empty() {
-            return Ok(());
-        }
-        let mut backoff = Duration::from_millis(50);
-        let mut attempt = 0u32;
-        loop {
-            attempt += 1;
-            let started = Instant::now();
-            let mut head = self.head.clone();
-            let rows = records
-                .iter()
-                .map(|r| head.append(r))
-                .collect::<Result<Vec<Row>, AuditError>>()?;
-            match self.store.append(&rows, durable).await {
-                Ok(()) => {
-                    self.head = head;
-                    self.shared
-                        .written_total
-                        .fetch_add(rows.len() as u64, Ordering::Relaxed);
-                    tracing::trace!(
-                        rows = rows.len(),
-                        elapsed_us = started.elapsed().as_micros() as u64,
-                        "audit batch committed"
-                    );
-                    return Ok(());
-                }
-                Err(error) => {
-                    // The commit may have succeeded with the reply lost:
-                    // if the store's head is our last row, it did.
-                    if let Ok(stored) = self.store.head(&self.shared.connector).await
-                        && stored == head
-                    {
-                        self.head = head;
-                        self.shared
-                            .written_total
-                            .fetch_add(rows.len() as u64, Ordering::Relaxed);
-                        return Ok(());
-                    }
-                    tracing::error!(
-                        connector = %self.shared.connector,
-                        %error,
-                        attempt,
-                        rows = rows.len(),
-                        "audit batch failed; retrying"
-                    );
-                    if !forever && attempt >= SHUTDOWN_ATTEMPTS {
-                        return Err(AuditError::Lost {
-                            lost: rows.len() as u64,
-                            reason: error.to_string(),
-                        });
-                    }
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                }
-            }
-        }
+        self.shared.committed_total.load(Ordering::Relaxed)
     }
 }
 
@@ -399,12 +360,16 @@ impl Writer {
 /// so a denial, an early return, a timeout (the future is dropped) or a
 /// panic still leaves a record. Derefs to the [`Record`] so fields can be
 /// set along the way.
+///
+/// Creating a guard reserves the record's place in the queue; ask
+/// [`admit`](Self::admit) before starting the work it records.
 #[derive(Debug)]
 pub struct AuditGuard {
     log: AuditLog,
     record: Record,
     armed: bool,
     started: Instant,
+    slot: Option<OwnedPermit<Msg>>,
 }
 
 impl AuditGuard {
@@ -416,7 +381,16 @@ impl AuditGuard {
             record,
             armed: true,
             started: Instant::now(),
+            slot: log.tx.clone().try_reserve_owned().ok(),
         }
+    }
+
+    /// The gate: `Ok` if the work this guard records may start. Refused
+    /// while the store cannot be written, when no place in the queue was
+    /// left for this record, or after shutdown (never under
+    /// [`OnFailure::Serve`]).
+    pub fn admit(&self) -> Result<(), Unavailable> {
+        self.log.gate(self.slot.is_some())
     }
 
     /// Drops the record without writing it (for a record that another path
@@ -457,6 +431,9 @@ impl Drop for AuditGuard {
         if std::thread::panicking() && record.status.is_none() {
             record.status = Some("panic".to_owned());
         }
-        self.log.record(record);
+        match self.slot.take() {
+            Some(slot) => self.log.record_reserved(record, slot),
+            None => self.log.record(record),
+        }
     }
 }

@@ -234,6 +234,10 @@ async fn explicit_time_and_fingerprint_are_kept() {
 #[tokio::test]
 async fn bad_connector_names_are_rejected() {
     let dir = tempfile::tempdir().unwrap();
-    let err = AuditLog::open(&sqlite_url(&dir), "", 16).await.unwrap_err();
-    assert_eq!(err.reason(), "audit_bad_connector");
+    for name in ["", "edge\n1", "edge\u{0}"] {
+        let err = AuditLog::open(&sqlite_url(&dir), name, 16)
+            .await
+            .unwrap_err();
+        assert_eq!(err.reason(), "audit_bad_connector", "{name:?}");
+    }
 }

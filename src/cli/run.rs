@@ -19,8 +19,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use portcullis::audit::{AuditLog, Record, WriterTask};
-use portcullis::config::Config;
+use portcullis::audit::{self, AuditLog, Checkpointer, OnFailure, Record, WriterTask};
+use portcullis::config::{Config, OnAuditFailure};
 use portcullis::devices::{self, Connector, Options, Plan};
 use portcullis::mcp;
 use portcullis::metrics;
@@ -32,8 +32,6 @@ use super::reload::{Reloader, Trigger};
 
 /// Environment variable with comma-separated `NAME=VALUE` tailnet knobs.
 const KNOBS_ENV: &str = "PORTCULLIS_TS_KNOBS";
-/// Audit records buffered between the data path and the writer.
-const AUDIT_QUEUE: usize = 65_536;
 
 /// Arguments of `portcullis run`.
 #[derive(Debug, clap::Args)]
@@ -53,6 +51,10 @@ pub struct RunArgs {
     /// only on SIGHUP)
     #[arg(long, default_value_t = 2)]
     pub watch_interval: u64,
+    /// Places in the audit queue (default: `[audit].queue` of the file,
+    /// else 65536); each open connection and request in flight holds one
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub audit_queue: Option<u64>,
 }
 
 /// Runs the connector until a stop signal; exit code 2 for an invalid
@@ -69,8 +71,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .context("reading the tailnet auth key")?;
 
     let plan = Plan::prepare(&config).await.context("preparing devices")?;
-    let (audit, writer) = open_audit(&args, &config).await?;
-    audit.record(startup_record(&config, &plan));
+    let (audit, writer, key) = open_audit(&args, &config).await?;
+    audit.record(startup_record(&config, &plan, &audit, &key));
 
     let options = Options {
         progress: super::human(),
@@ -203,33 +205,63 @@ async fn serve_until_stopped(
 }
 
 /// Opens the audit log named by `--audit`, or the default SQLite file under
-/// the state dir.
-async fn open_audit(args: &RunArgs, config: &Config) -> anyhow::Result<(AuditLog, WriterTask)> {
+/// the state dir, with the `[audit]` settings and the checkpoint key of the
+/// state dir. Returns the key's `name+id` too.
+async fn open_audit(
+    args: &RunArgs,
+    config: &Config,
+) -> anyhow::Result<(AuditLog, WriterTask, String)> {
+    let dir = &config.tailnet.state_dir;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("creating state dir {}", dir.display()))?;
     let url = match &args.audit {
         Some(url) => url.clone(),
-        None => {
-            let dir = &config.tailnet.state_dir;
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("creating state dir {}", dir.display()))?;
-            super::default_audit_url(config)
-        }
+        None => super::default_audit_url(config),
     };
     let name = args
         .connector
         .clone()
         .unwrap_or_else(super::default_connector);
-    let (audit, writer) = AuditLog::open(&url, &name, AUDIT_QUEUE)
+    let checkpoints =
+        Checkpointer::load_or_create(dir, &name).context("loading the audit checkpoint key")?;
+    let key = checkpoints.key().to_owned();
+    let on_failure = match config.audit.on_failure {
+        OnAuditFailure::Refuse => OnFailure::Refuse,
+        OnAuditFailure::Serve => OnFailure::Serve,
+    };
+    if on_failure == OnFailure::Serve {
+        tracing::warn!(
+            "[audit].on_failure = \"serve\": if audit records cannot be written, the connector \
+             keeps serving WITHOUT an audit trail (records that do not fit the queue are dropped \
+             and counted)"
+        );
+    }
+    let queue = args.audit_queue.map_or(config.audit.queue, |n| {
+        usize::try_from(n).unwrap_or(usize::MAX)
+    });
+    let options = audit::Options {
+        queue,
+        on_failure,
+        checkpoints: Some(checkpoints),
+    };
+    let (log, writer) = AuditLog::open_with(&url, &name, options)
         .await
-        .with_context(|| format!("opening audit store {url}"))?;
-    audit.set_fingerprint(&config.fingerprint);
-    Ok((audit, writer))
+        .with_context(|| format!("opening audit store {}", super::redact_url(&url)))?;
+    log.set_fingerprint(&config.fingerprint);
+    Ok((log, writer, key))
 }
 
 /// The start-up record: which file, which devices, where their targets
 /// pointed when pinned, and which build.
-fn startup_record(config: &Config, plan: &Plan) -> Record {
+fn startup_record(config: &Config, plan: &Plan, audit: &AuditLog, key: &str) -> Record {
     let versions = tailnet::build_versions();
+    let settings = serde_json::json!({
+        "on_failure": config.audit.on_failure.to_string(),
+        "queue": audit.queue_capacity(),
+        "checkpoint_key": key,
+    });
     Record::startup(config.fingerprint.clone())
+        .with_extra("audit", settings)
         .with_extra("config_file", config.file_name.clone().into())
         .with_extra("version", env!("CARGO_PKG_VERSION").into())
         .with_extra("tailscale", versions.tailscale.into())

@@ -126,6 +126,7 @@ fn http(cx: &mut Ctx<'_>, path: &str, h: Option<RawHttp>) -> HttpRules {
         methods: None,
         paths: None,
         identity_headers: None,
+        strip_headers: None,
         tls: None,
         max_response_bytes: None,
         timeout_ms: None,
@@ -157,10 +158,22 @@ fn http(cx: &mut Ctx<'_>, path: &str, h: Option<RawHttp>) -> HttpRules {
         cx.error(&format!("{path}.paths"), "must list at least one path");
     }
     let paths = globs(cx, &format!("{path}.paths"), raw_paths, Glob::path, "path");
+    let mut strip_headers: Vec<String> = Vec::new();
+    for (j, entry) in h.strip_headers.unwrap_or_default().into_iter().enumerate() {
+        let item = format!("{path}.strip_headers[{j}]");
+        match strip_pattern(&entry) {
+            Ok(p) if strip_headers.contains(&p) => {
+                cx.error(&item, format!("duplicate header {entry:?}"));
+            }
+            Ok(p) => strip_headers.push(p),
+            Err(why) => cx.error(&item, why),
+        }
+    }
     HttpRules {
         methods,
         paths,
         identity_headers: h.identity_headers.unwrap_or(false),
+        strip_headers,
         tls: h.tls.unwrap_or(false),
         max_response_bytes: cx.positive(
             &format!("{path}.max_response_bytes"),
@@ -278,4 +291,29 @@ fn inspect(cx: &mut Ctx<'_>, path: &str, i: Option<RawInspect>) -> Inspect {
         }
     };
     Inspect { secrets, injection }
+}
+
+/// Checks and normalizes one `strip_headers` entry: a header name, or a
+/// prefix ending in `*`; lowercased, `_` read as `-` (as CGI-style backends
+/// read it).
+fn strip_pattern(entry: &str) -> Result<String, String> {
+    let name = entry.strip_suffix('*').unwrap_or(entry);
+    if name.is_empty() {
+        return Err("must name a header or a prefix such as \"X-Internal-*\"".to_owned());
+    }
+    if http::HeaderName::from_bytes(name.as_bytes()).is_err() || name.contains('*') {
+        return Err(format!(
+            "{entry:?} is not a header name (letters, digits and !#$%&'+-.^_`|~; `*` only at the end)"
+        ));
+    }
+    Ok(entry
+        .chars()
+        .map(|c| {
+            if c == '_' {
+                '-'
+            } else {
+                c.to_ascii_lowercase()
+            }
+        })
+        .collect())
 }

@@ -57,6 +57,8 @@ pub struct Config {
     pub groups: BTreeMap<String, Vec<Identity>>,
     /// The governed MCP device, if `[mcp]` is present.
     pub mcp: Option<McpDevice>,
+    /// The `[audit]` section, defaults filled in.
+    pub audit: AuditSettings,
     /// Every endpoint, in file order; each becomes its own tailnet device.
     pub endpoints: Vec<Endpoint>,
 }
@@ -143,6 +145,51 @@ impl fmt::Display for AuthKeySource {
             AuthKeySource::Env(name) => write!(f, "environment variable {name}"),
             AuthKeySource::File(path) => write!(f, "file {}", path.display()),
         }
+    }
+}
+
+/// The `[audit]` section: how the audit trail gates the work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct AuditSettings {
+    /// What the connector does while audit records cannot be committed.
+    pub on_failure: OnAuditFailure,
+    /// Places in the in-memory queue of records waiting to be committed
+    /// (each open connection and each request in flight holds one); `run
+    /// --audit-queue` overrides it.
+    pub queue: usize,
+}
+
+/// Default of [`AuditSettings::queue`].
+pub const DEFAULT_AUDIT_QUEUE: usize = 65_536;
+
+impl Default for AuditSettings {
+    fn default() -> Self {
+        AuditSettings {
+            on_failure: OnAuditFailure::Refuse,
+            queue: DEFAULT_AUDIT_QUEUE,
+        }
+    }
+}
+
+/// `[audit].on_failure`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnAuditFailure {
+    /// Refuse new connections, requests and tool calls until records can be
+    /// written again (the default).
+    #[default]
+    Refuse,
+    /// Keep serving without an audit trail; records that do not fit the
+    /// queue are dropped and counted. `review` warns about it.
+    Serve,
+}
+
+impl fmt::Display for OnAuditFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            OnAuditFailure::Refuse => "refuse",
+            OnAuditFailure::Serve => "serve",
+        })
     }
 }
 
@@ -318,8 +365,13 @@ pub struct HttpRules {
     pub methods: Vec<String>,
     /// Allowed path globs (default `/**`, every path).
     pub paths: Vec<Glob>,
-    /// Whether to send the verified identity as `X-Portcullis-*` headers.
+    /// Whether to send the verified identity as `X-Forwarded-User` and
+    /// `X-Portcullis-*` headers (see [`crate::backend::headers`]).
     pub identity_headers: bool,
+    /// More caller headers to remove before forwarding, beyond the fixed
+    /// list in [`crate::backend::headers`]: names, or prefixes ending in
+    /// `*`; lowercase, `_` written as `-`.
+    pub strip_headers: Vec<String>,
     /// Whether to connect to the target with TLS.
     pub tls: bool,
     /// Response size cap for the MCP `http_request` tool, in bytes.

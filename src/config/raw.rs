@@ -19,6 +19,7 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub groups: BTreeMap<String, Vec<String>>,
     pub mcp: Option<RawMcp>,
+    pub audit: Option<RawAudit>,
     #[serde(default, rename = "endpoint")]
     pub endpoints: Vec<RawEndpoint>,
 }
@@ -51,6 +52,13 @@ pub(super) struct RawMcp {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub(super) struct RawAudit {
+    pub on_failure: Option<String>,
+    pub queue: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(super) struct RawRateLimit {
     pub per_caller: Option<String>,
     pub per_tool: Option<String>,
@@ -77,6 +85,7 @@ pub(super) struct RawHttp {
     pub methods: Option<Vec<String>>,
     pub paths: Option<Vec<String>>,
     pub identity_headers: Option<bool>,
+    pub strip_headers: Option<Vec<String>>,
     pub tls: Option<bool>,
     pub max_response_bytes: Option<i64>,
     pub timeout_ms: Option<i64>,

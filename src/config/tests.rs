@@ -308,3 +308,45 @@ fn targets_parse_and_display() {
     assert!(Target::parse("8.8.8.8:53").is_ok_and(|t| !t.host.is_private()));
     assert!(Target::parse("example.com:443").is_ok_and(|t| !t.host.is_private()));
 }
+
+#[test]
+fn audit_section_and_strip_headers_validate_with_field_paths() {
+    let c = parse_ok("");
+    assert_eq!(c.audit, AuditSettings::default());
+    let c = parse_ok("[audit]\non_failure = \"serve\"\nqueue = 128\n");
+    assert_eq!(c.audit.on_failure, OnAuditFailure::Serve);
+    assert_eq!(c.audit.queue, 128);
+    let err = parse_err("[audit]\non_failure = \"ignore\"\nqueue = 0\n");
+    assert!(
+        err.contains("audit.on_failure: unknown value \"ignore\""),
+        "{err}"
+    );
+    assert!(err.contains("audit.queue"), "{err}");
+    assert!(parse_err("[audit]\nonfailure = \"serve\"\n").contains("unknown field"));
+
+    let endpoint = |strip: &str| {
+        format!(
+            "[[endpoint]]\nname = \"web\"\nkind = \"http\"\ntarget = \"10.0.0.1:80\"\n\
+             allow = [\"*\"]\n[endpoint.http]\nstrip_headers = [{strip}]\n"
+        )
+    };
+    let c = parse_ok(&endpoint("\"X_Api_User\", \"X-Internal-*\""));
+    let rules = c.endpoints[0].http.as_ref().unwrap();
+    assert_eq!(rules.strip_headers, ["x-api-user", "x-internal-*"]);
+    for bad in [
+        "\"\"",
+        "\"*\"",
+        "\"X Api\"",
+        "\"X-*-Y\"",
+        "\"a:b\"",
+        "\"X-Ä\"",
+    ] {
+        let err = parse_err(&endpoint(bad));
+        assert!(
+            err.contains("endpoint[0].http.strip_headers[0]"),
+            "{bad}: {err}"
+        );
+    }
+    let err = parse_err(&endpoint("\"X-A\", \"x_a\""));
+    assert!(err.contains("strip_headers[1]: duplicate header"), "{err}");
+}

@@ -6,8 +6,11 @@ use std::path::PathBuf;
 use super::endpoint::endpoint;
 use super::error::{ConfigError, Diagnostic};
 use super::locate::Locator;
-use super::raw::{RawConfig, RawMcp, RawTailnet};
-use super::{AuthKeySource, Config, Identity, McpDevice, Rate, RateLimits, RatePeriod, Tailnet};
+use super::raw::{RawAudit, RawConfig, RawMcp, RawTailnet};
+use super::{
+    AuditSettings, AuthKeySource, Config, DEFAULT_AUDIT_QUEUE, Identity, McpDevice, OnAuditFailure,
+    Rate, RateLimits, RatePeriod, Tailnet,
+};
 
 const DEFAULT_MAX_BODY_BYTES: u64 = 1024 * 1024;
 const DEFAULT_MCP_DEVICE_NAME: &str = "mcp";
@@ -76,6 +79,7 @@ pub(super) fn validate(
         .unwrap_or_default();
     let groups = groups(&mut cx, &raw.groups);
     let mcp = raw.mcp.map(|m| mcp_device(&mut cx, m, &groups, &prefix));
+    let audit = raw.audit.map(|a| audit(&mut cx, a)).unwrap_or_default();
     let mut endpoints = Vec::new();
     let mut names: BTreeMap<String, usize> = BTreeMap::new();
     for (i, e) in raw.endpoints.into_iter().enumerate() {
@@ -111,9 +115,29 @@ pub(super) fn validate(
             tailnet,
             groups,
             mcp,
+            audit,
             endpoints,
         }),
         _ => Err(ConfigError::Invalid(cx.errors)),
+    }
+}
+
+fn audit(cx: &mut Ctx<'_>, a: RawAudit) -> AuditSettings {
+    let on_failure = match a.on_failure.as_deref() {
+        None | Some("refuse") => OnAuditFailure::Refuse,
+        Some("serve") => OnAuditFailure::Serve,
+        Some(other) => {
+            cx.error(
+                "audit.on_failure",
+                format!("unknown value {other:?}: expected \"refuse\" or \"serve\""),
+            );
+            OnAuditFailure::Refuse
+        }
+    };
+    let queue = cx.positive("audit.queue", a.queue, DEFAULT_AUDIT_QUEUE as u64);
+    AuditSettings {
+        on_failure,
+        queue: usize::try_from(queue).unwrap_or(usize::MAX),
     }
 }
 

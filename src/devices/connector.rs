@@ -33,8 +33,8 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Runtime settings of a [`Connector`].
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// Most connections served at once per device; more wait in the
-    /// tailnet listener's queue.
+    /// Most connections served at once per device; more are refused at
+    /// once, each with an `overloaded` record.
     pub max_connections: usize,
     /// How long each node may take to join the tailnet.
     pub up_timeout: Duration,
@@ -884,9 +884,10 @@ pub(super) async fn close_nodes(nodes: impl IntoIterator<Item = Node>) {
     while closing.join_next().await.is_some() {}
 }
 
-/// Accepts until the listener closes or the loop is aborted. The cap is
-/// taken before accepting, so a full device leaves new connections queued
-/// in the node rather than accepting and dropping them.
+/// Accepts until the listener closes or the loop is aborted. Every
+/// connection the node hands over is taken at once (the node closes
+/// connections nobody takes); one beyond the device's cap is refused at
+/// once with an `overloaded` record rather than left waiting.
 async fn accept_loop(
     listener: Listener,
     device: Arc<Device>,
@@ -896,9 +897,6 @@ async fn accept_loop(
 ) {
     let port = listener.port();
     loop {
-        let Ok(permit) = Arc::clone(&limit).acquire_owned().await else {
-            return;
-        };
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(TailnetError::ListenerClosed { .. }) => {
@@ -911,11 +909,15 @@ async fn accept_loop(
                 continue;
             }
         };
+        device.accepted.fetch_add(1, Ordering::Relaxed);
+        let Ok(permit) = Arc::clone(&limit).try_acquire_owned() else {
+            refuse_overloaded(&device, stream, peer, port);
+            continue;
+        };
         let device = Arc::clone(&device);
         let in_flight = in_flight.clone();
         let active = Arc::clone(&active);
         active.fetch_add(1, Ordering::Relaxed);
-        device.accepted.fetch_add(1, Ordering::Relaxed);
         // A root span: the connection outlives nothing of the accept loop,
         // and repeating the loop's fields on every line is noise.
         let span = tracing::info_span!(
@@ -936,6 +938,24 @@ async fn accept_loop(
             .instrument(span),
         );
     }
+}
+
+/// Refuses a connection beyond the device's cap: closed at once, recorded
+/// (without asking WhoIs, which would add work to an overloaded device).
+fn refuse_overloaded(device: &Device, stream: UnixStream, peer: SocketAddr, port: u16) {
+    drop(stream);
+    tracing::warn!(%peer, port, "refused: device at its connection limit");
+    let mut record = Record::new(RecordKind::ConnectionDenied)
+        .with_device(&device.hostname)
+        .deny(
+            "overloaded",
+            "the device is at its limit of open connections",
+        )
+        .with_extra("peer", peer.to_string().into())
+        .with_extra("port", port.into());
+    record.endpoint.clone_from(&device.endpoint);
+    record.status = Some("refused".to_owned());
+    device.audit.record(record);
 }
 
 /// One accepted connection: identify, then hand over to the device's

@@ -134,6 +134,22 @@ pub(super) fn set_reason(record: &mut Record, decision: &Decision) {
     record.detail = Some(decision.reason.to_string());
 }
 
+/// The audit gate for the connection or request whose record `guard`
+/// holds: if the audit log cannot take new work, marks the record refused
+/// with `audit_unavailable` and says why. Nothing may start on `Err`.
+pub(super) fn audit_gate(guard: &mut AuditGuard) -> Result<(), audit::Unavailable> {
+    guard.admit().inspect_err(|why| {
+        tracing::debug!(reason = audit::Unavailable::CODE, "refused: {why}");
+        if guard.kind == audit::Kind::ConnectionClose {
+            guard.kind = audit::Kind::ConnectionDenied;
+        }
+        guard.decision = Some(audit::Decision::Deny);
+        guard.reason = Some(audit::Unavailable::CODE.to_owned());
+        guard.detail = Some(why.to_string());
+        guard.status = Some("refused".to_owned());
+    })
+}
+
 /// Turns a connection guard into a `connection_denied` record.
 pub(super) fn mark_denied(guard: &mut AuditGuard, decision: &Decision) {
     guard.kind = audit::Kind::ConnectionDenied;

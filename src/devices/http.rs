@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
@@ -16,29 +16,14 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Mutex;
 
 use super::DeviceError;
-use super::ctx::{Counted, Counters, DeviceCtx, Phase, mark_denied, set_reason};
+use super::ctx::{Counted, Counters, DeviceCtx, Phase, audit_gate, mark_denied, set_reason};
 use crate::audit::{AuditGuard, Record};
+use crate::backend::headers;
 use crate::identity::Caller;
 use crate::policy::{Action, Decision};
 
 /// Body of a response to the caller: the backend's, streamed, or our own.
 type Body = Either<Incoming, Full<Bytes>>;
-
-/// Header prefixes that carry identity. Whatever the caller sends under them
-/// is removed: only the connector may assert who is calling.
-const IDENTITY_PREFIXES: [&str; 2] = ["x-portcullis-", "tailscale-"];
-
-/// Headers that describe one hop and must not be forwarded (RFC 9110 7.6.1).
-const HOP_BY_HOP: [HeaderName; 8] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
 
 /// Serves one HTTP/1.1 connection (keep-alive) from `caller` on tailnet
 /// `port` of an `http` device.
@@ -157,6 +142,18 @@ impl Proxy<'_> {
                 .with_device(ctx.hostname())
                 .with_extra("port", self.port.into()),
         );
+        // No request that cannot be recorded reaches the backend.
+        if let Err(why) = audit_gate(&mut record) {
+            let response = error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                crate::audit::Unavailable::CODE,
+                &why.to_string(),
+            );
+            record.status = Some(response.status().as_u16().to_string());
+            record.latency_us =
+                Some(u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX));
+            return Ok(response);
+        }
 
         // Authorize: the connection's denial wins; otherwise this request.
         let decision = match self.refused {
@@ -214,8 +211,10 @@ impl Proxy<'_> {
         let ctx = self.ctx;
         let rules = ctx.endpoint.http.as_ref();
         let (mut parts, body) = req.into_parts();
-        strip_hop_by_hop(&mut parts.headers);
-        strip_identity(&mut parts.headers);
+        // Only the connector says who is calling, from where, and what
+        // method and URL were allowed.
+        let strip = rules.map_or(&[][..], |r| r.strip_headers.as_slice());
+        headers::strip(&mut parts.headers, strip);
         // Origin form: the backend is reached directly, never as a proxy.
         parts.uri = Uri::builder()
             .path_and_query(target)
@@ -225,9 +224,11 @@ impl Proxy<'_> {
         if let Ok(host) = HeaderValue::from_str(&ctx.backend.target.to_string()) {
             parts.headers.insert(header::HOST, host);
         }
-        if rules.is_some_and(|r| r.identity_headers) {
-            add_identity(&mut parts.headers, self.caller);
-        }
+        headers::set_forwarded(
+            &mut parts.headers,
+            self.caller,
+            rules.is_some_and(|r| r.identity_headers),
+        );
         let request = Request::from_parts(parts, body);
 
         let timeout_ms = rules.map_or(30_000, |r| r.timeout_ms);
@@ -266,7 +267,7 @@ impl Proxy<'_> {
             }
         };
         let (mut parts, body) = response.into_parts();
-        strip_hop_by_hop(&mut parts.headers);
+        headers::strip_hop_by_hop(&mut parts.headers);
         Ok(Response::from_parts(parts, Either::Left(body)))
     }
 
@@ -295,54 +296,6 @@ impl Proxy<'_> {
             }
         });
         Ok(sender)
-    }
-}
-
-/// Removes hop-by-hop headers, including any the `Connection` header names.
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in HOP_BY_HOP.iter().chain(&named) {
-        headers.remove(name);
-    }
-}
-
-/// Removes every identity header the caller sent.
-fn strip_identity(headers: &mut HeaderMap) {
-    let spoofed: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| {
-            IDENTITY_PREFIXES
-                .iter()
-                .any(|prefix| name.as_str().starts_with(prefix))
-        })
-        .cloned()
-        .collect();
-    for name in spoofed {
-        headers.remove(&name);
-    }
-}
-
-/// Adds the verified identity for a backend that trusts the connector.
-/// A value that cannot be a header value (control characters) is left out
-/// rather than mangled.
-fn add_identity(headers: &mut HeaderMap, caller: &Caller) {
-    let mut put = |name: &'static str, value: &str| {
-        if let Ok(value) = HeaderValue::from_bytes(value.as_bytes()) {
-            headers.insert(HeaderName::from_static(name), value);
-        }
-    };
-    if let Some(user) = &caller.user {
-        put("x-portcullis-user", user);
-    }
-    put("x-portcullis-node", &caller.node);
-    if !caller.tags.is_empty() {
-        put("x-portcullis-tags", &caller.tags.join(","));
     }
 }
 

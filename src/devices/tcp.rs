@@ -5,7 +5,9 @@ use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::DeviceError;
-use super::ctx::{Counted, Counters, DeviceCtx, Phase, is_hangup, mark_denied, set_reason};
+use super::ctx::{
+    Counted, Counters, DeviceCtx, Phase, audit_gate, is_hangup, mark_denied, set_reason,
+};
 use crate::identity::Caller;
 use crate::policy::Action;
 
@@ -20,6 +22,10 @@ where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
     let mut guard = ctx.connection_guard(&caller, port);
+    // No connection that cannot be recorded; dropping `io` refuses it.
+    if audit_gate(&mut guard).is_err() {
+        return;
+    }
 
     // Authorize before anything reaches the backend.
     let action = Action::Connect {

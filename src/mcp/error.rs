@@ -35,6 +35,8 @@ pub const ACCESS_DENIED: i32 = -32001;
 /// JSON-RPC error code (server range): unknown session, or one started by
 /// another caller.
 pub const SESSION_NOT_FOUND: i32 = -32002;
+/// Server error: the audit log cannot record the call, so it is refused.
+pub const AUDIT_UNAVAILABLE: i32 = -32003;
 
 /// Whose fault an error is, for metrics and log levels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -185,6 +187,9 @@ pub enum McpError {
     /// caller's doing.
     #[error("internal error: no caller identity on the request")]
     NoIdentity,
+    /// The audit log cannot take the call's record; nothing was done.
+    #[error("refused: {0}")]
+    AuditUnavailable(crate::audit::Unavailable),
 }
 
 impl McpError {
@@ -214,6 +219,7 @@ impl McpError {
             McpError::UpstreamUnavailable { .. } => "upstream_unavailable",
             McpError::Upstream { .. } => "upstream_error",
             McpError::NoIdentity => "no_identity",
+            McpError::AuditUnavailable(_) => crate::audit::Unavailable::CODE,
         }
     }
 
@@ -223,6 +229,7 @@ impl McpError {
             McpError::NotConfigured
             | McpError::NoAllowedHosts
             | McpError::NoIdentity
+            | McpError::AuditUnavailable(_)
             | McpError::TlsUnsupported { .. } => Fault::Internal,
             McpError::Backend { .. }
             | McpError::Http { .. }
@@ -247,6 +254,7 @@ impl McpError {
             McpError::UnknownTool { .. } | McpError::InvalidArguments { .. } => {
                 Surface::JsonRpc(INVALID_PARAMS)
             }
+            McpError::AuditUnavailable(_) => Surface::JsonRpc(AUDIT_UNAVAILABLE),
             _ => Surface::ToolError,
         }
     }
@@ -262,6 +270,7 @@ impl McpError {
             McpError::Denied { .. } | McpError::HostNotAllowed { .. } => ACCESS_DENIED,
             McpError::SessionNotFound { .. } => SESSION_NOT_FOUND,
             McpError::UnknownTool { .. } | McpError::InvalidArguments { .. } => INVALID_PARAMS,
+            McpError::AuditUnavailable(_) => AUDIT_UNAVAILABLE,
             _ => INTERNAL_ERROR,
         }
     }
@@ -274,6 +283,7 @@ impl McpError {
             McpError::RateLimited(_) => "rate_limited",
             McpError::Timeout { .. } => "timeout",
             McpError::UnknownTool { .. } | McpError::InvalidArguments { .. } => "invalid",
+            McpError::AuditUnavailable(_) => "refused",
             _ => "error",
         }
     }

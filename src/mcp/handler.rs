@@ -157,7 +157,11 @@ impl rmcp::ServerHandler for Handler {
         // Written when dropped, so a cancelled call is recorded too.
         record.status = Some("cancelled".to_owned());
         let mut guard = AuditGuard::new(&self.shared.audit, record);
-        let outcome = self.call(&caller, &name, args, &mut guard).await;
+        // The audit gate: no call runs that cannot be recorded.
+        let outcome = match guard.admit() {
+            Ok(()) => self.call(&caller, &name, args, &mut guard).await,
+            Err(why) => Err(McpError::AuditUnavailable(why)),
+        };
         guard.latency_us = Some(elapsed_us(started));
         match outcome {
             Ok(result) => {

@@ -5,9 +5,11 @@
 //!   target as written in the file as `Host`.
 //! - Redirects are never followed: a 3xx comes back to the caller as it is,
 //!   so nothing leaves the target.
-//! - Caller-supplied identity headers (`X-Portcullis-*`, `Tailscale-*`) and
-//!   hop-by-hop headers are removed; with `identity_headers = true` the
-//!   verified identity is added as `X-Portcullis-User/-Node/-Tags`.
+//! - Caller-supplied identity, forwarding, method- and URL-override and
+//!   hop-by-hop headers are removed and the connector's own `Forwarded` /
+//!   `X-Forwarded-*` (and, with `identity_headers = true`, the verified
+//!   identity) are set, as for http devices: see
+//!   [`crate::backend::headers`].
 //! - The whole exchange (connect, send, read) is capped by `timeout_ms`;
 //!   running out is a tool error.
 //! - The response body is capped by `max_response_bytes`: the body is cut at
@@ -36,7 +38,7 @@ use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::backend::Pinned;
+use crate::backend::{Pinned, headers};
 use crate::config::{Endpoint, HttpRules};
 use crate::identity::Caller;
 
@@ -89,23 +91,8 @@ impl Pool {
     }
 }
 
-/// Header prefixes that carry identity; only the connector may send them.
-const IDENTITY_PREFIXES: [&str; 2] = ["x-portcullis-", "tailscale-"];
-
-/// Headers that describe one hop, or that the tool sets itself.
-const DROPPED: [&str; 11] = [
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "host",
-    "content-length",
-    "expect",
-];
+/// Headers the tool sets itself; the caller's are ignored.
+const SET_BY_TOOL: [&str; 3] = ["host", "content-length", "expect"];
 
 /// Arguments of `http_request`.
 #[derive(Debug, Clone, Deserialize)]
@@ -208,31 +195,15 @@ fn build_headers(
     for (name, value) in &args.headers {
         let name = HeaderName::from_bytes(name.as_bytes())
             .map_err(|_| invalid(format!("invalid header name {name:?}")))?;
-        if DROPPED.contains(&name.as_str())
-            || IDENTITY_PREFIXES
-                .iter()
-                .any(|p| name.as_str().starts_with(p))
-        {
+        if SET_BY_TOOL.contains(&name.as_str()) {
             continue;
         }
         let value = HeaderValue::from_str(value)
             .map_err(|_| invalid(format!("invalid value for header {name}")))?;
         headers.append(name, value);
     }
-    if rules.identity_headers {
-        let mut put = |name: &'static str, value: &str| {
-            if let Ok(value) = HeaderValue::from_str(value) {
-                headers.insert(HeaderName::from_static(name), value);
-            }
-        };
-        if let Some(user) = &caller.user {
-            put("x-portcullis-user", user);
-        }
-        put("x-portcullis-node", &caller.node);
-        if !caller.tags.is_empty() {
-            put("x-portcullis-tags", &caller.tags.join(","));
-        }
-    }
+    headers::strip(&mut headers, &rules.strip_headers);
+    headers::set_forwarded(&mut headers, caller, rules.identity_headers);
     Ok(headers)
 }
 
@@ -416,6 +387,43 @@ mod tests {
             let err = HttpArgs::parse(&args).unwrap_err();
             assert_eq!(err.code(), "invalid_arguments", "{args}");
         }
+    }
+
+    #[test]
+    fn forged_identity_and_overrides_never_leave_and_the_connector_forwards_its_own() {
+        let config = crate::config::parse(
+            "[tailnet]\ncontrol_url = \"http://127.0.0.1:9\"\nauth_key_env = \"K\"\n\
+             state_dir = \"/tmp/x\"\n[[endpoint]]\nname = \"web\"\nkind = \"http\"\n\
+             target = \"127.0.0.1:80\"\nallow = [\"*\"]\n[endpoint.http]\n\
+             strip_headers = [\"X-Api-Role\"]\n",
+            "t.toml",
+        )
+        .unwrap();
+        let rules = config.endpoint("web").unwrap().http.clone().unwrap();
+        let args = HttpArgs::parse(&json!({
+            "endpoint": "web", "method": "GET", "path": "/",
+            "headers": {
+                "X-Forwarded-For": "10.0.0.1", "x_forwarded_user": "admin", "Forwarded": "for=x",
+                "X-Real-IP": "10.0.0.2", "Remote-User": "admin", "X-HTTP-Method-Override": "DELETE",
+                "X-Auth-Request-Email": "a@b", "X-Api-Role": "root", "Accept": "text/plain"
+            }
+        }))
+        .unwrap();
+        let caller = super::super::tests::caller("n1", None, &["tag:agent"]);
+        let headers = build_headers(&args, &caller, &rules).unwrap();
+        let mut names: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        names.sort_unstable();
+        assert_eq!(
+            names,
+            [
+                "accept",
+                "forwarded",
+                "x-forwarded-for",
+                "x-forwarded-proto"
+            ]
+        );
+        let ip = caller.addr.ip().to_string();
+        assert_eq!(headers["x-forwarded-for"], ip.as_str());
     }
 
     #[test]

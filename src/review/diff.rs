@@ -181,6 +181,11 @@ fn endpoint_diff(old: &Endpoint, new: &Endpoint) -> Option<SectionDiff> {
         opt(oh.map(|h| h.identity_headers)),
         opt(nh.map(|h| h.identity_headers)),
     );
+    s.list(
+        "strip_headers",
+        &oh.map(|h| h.strip_headers.clone()).unwrap_or_default(),
+        &nh.map(|h| h.strip_headers.clone()).unwrap_or_default(),
+    );
     let (om, nm) = (old.mcp.as_ref(), new.mcp.as_ref());
     s.list(
         "tools_allow",

@@ -141,6 +141,9 @@ pub struct HttpSummary {
     pub paths: Vec<String>,
     /// Whether identity headers go to the backend.
     pub identity_headers: bool,
+    /// Caller headers removed beyond the fixed list.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub strip_headers: Vec<String>,
     /// Whether the backend connection uses TLS.
     pub tls: bool,
 }
@@ -206,6 +209,7 @@ pub fn report(config: &Config) -> Report {
                 methods: h.methods.clone(),
                 paths: h.paths.iter().map(ToString::to_string).collect(),
                 identity_headers: h.identity_headers,
+                strip_headers: h.strip_headers.clone(),
                 tls: h.tls,
             }),
             tools: e.mcp.as_ref().map(|m| ToolsSummary {

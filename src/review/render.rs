@@ -97,6 +97,13 @@ pub fn render_markdown(report: &Report) -> String {
             let _ = writeln!(out, "- Paths: {}", code_list(&h.paths));
             let _ = writeln!(out, "- TLS to target: {}", h.tls);
             let _ = writeln!(out, "- Identity headers to backend: {}", h.identity_headers);
+            if !h.strip_headers.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "- Caller headers also removed: {}",
+                    h.strip_headers.join(", ")
+                );
+            }
         }
         if let Some(tools) = &d.tools {
             let _ = writeln!(out, "- Upstream MCP path: `{}`", tools.path);

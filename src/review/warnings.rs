@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::config::{Config, Host, Identity, Kind, SecretsAction};
+use crate::config::{Config, Host, Identity, Kind, OnAuditFailure, SecretsAction};
 
 /// One finding, with a stable code for tooling and the field path it is about.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -190,6 +190,16 @@ pub(super) fn collect(config: &Config) -> Vec<Warning> {
                 format!("group {name:?} is defined but grants nothing"),
             );
         }
+    }
+    if config.audit.on_failure == OnAuditFailure::Serve {
+        warn(
+            "audit_failure_serves",
+            "audit.on_failure".to_owned(),
+            "on_failure = \"serve\": when audit records cannot be written (disk full, \
+             database down), the connector keeps serving WITHOUT an audit trail; records \
+             that do not fit the queue are dropped and only counted"
+                .to_owned(),
+        );
     }
     out
 }

@@ -38,6 +38,8 @@ func splice(n *node, tc net.Conn, uc *net.UnixConn) {
 		return
 	}
 	defer n.untrack(tc)
+	spliceStarted()
+	defer spliceEnded()
 	var wg sync.WaitGroup
 	wg.Add(2)
 	go func() { // tailnet -> caller
@@ -126,6 +128,14 @@ func (l *listener) close() {
 	})
 }
 
+// acceptLoop takes every connection from the tsnet listener at once and
+// hands it to the caller in a goroutine of its own. tsnet closes a
+// connection that no Accept takes within one second, after the peer has
+// already seen its handshake complete; a loop that waited for the caller
+// between two Accepts lost connections that way under a burst. The hand-off
+// itself has no deadline: a connection waits until the caller receives it
+// (the caller decides, and records, whether to serve or refuse it), or is
+// closed when the caller closes the listener.
 func (l *listener) acceptLoop(n *node) {
 	defer func() {
 		l.close()
@@ -136,24 +146,34 @@ func (l *listener) acceptLoop(n *node) {
 	for {
 		tc, err := l.ln.Accept()
 		if err != nil {
+			n.srv.Logf("tsffi: listener %v closed: %v", l.ln.Addr(), err)
 			return
 		}
-		uc, fd, err := socketpair(syscall.SOCK_STREAM)
-		if err != nil {
-			tc.Close()
-			continue
-		}
-		payload := []byte(tc.RemoteAddr().String())
-		_, _, err = l.pipe.WriteMsgUnix(payload, syscall.UnixRights(fd), nil)
-		syscall.Close(fd) // the message holds its own reference now
-		if err != nil {
-			// The caller closed its end: stop listening.
-			tc.Close()
-			uc.Close()
-			return
-		}
-		go splice(n, tc, uc)
+		go l.handOff(n, tc)
 	}
+}
+
+// handOff sends one accepted connection to the caller and splices it.
+func (l *listener) handOff(n *node, tc net.Conn) {
+	uc, fd, err := socketpair(syscall.SOCK_STREAM)
+	if err != nil {
+		tc.Close()
+		return
+	}
+	payload := []byte(tc.RemoteAddr().String())
+	// Blocks while the caller's queue is full; messages are atomic on a
+	// SOCK_SEQPACKET socket, so concurrent hand-offs do not interleave.
+	_, _, err = l.pipe.WriteMsgUnix(payload, syscall.UnixRights(fd), nil)
+	syscall.Close(fd) // the message holds its own reference now
+	if err != nil {
+		// The caller closed its end: the listener is gone.
+		n.srv.Logf("tsffi: hand-off of %v failed: %v", tc.RemoteAddr(), err)
+		tc.Close()
+		uc.Close()
+		l.close()
+		return
+	}
+	splice(n, tc, uc)
 }
 
 // watchPeer closes l when the caller closes its end of the pair, so that

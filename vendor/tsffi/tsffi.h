@@ -18,7 +18,9 @@
 //    the peer's tailnet address ("100.64.0.2:41234") and whose SCM_RIGHTS
 //    control data carries the connection fd. Address and fd travel together,
 //    so a connection can never be paired with another connection's address.
-//    Closing the listener fd stops the tailnet listener.
+//    Every connection is taken from tsnet as it arrives and waits, without a
+//    deadline, until the caller receives it. Closing the listener fd stops
+//    the tailnet listener (connections still waiting are closed).
 //  * A connection is one end of an AF_UNIX SOCK_STREAM socketpair; the other
 //    end is spliced to the tailnet TCP connection in the node. shutdown(WR)
 //    on it half-closes the tailnet connection.

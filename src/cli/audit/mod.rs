@@ -55,7 +55,7 @@ struct StoreArgs {
     /// Use the store `portcullis run` uses for this endpoint file by
     /// default: `sqlite://<state_dir>/audit.db`.
     #[arg(long, value_name = "ENDPOINTS.toml")]
-    config: Option<PathBuf>,
+    pub(super) config: Option<PathBuf>,
 }
 
 impl StoreArgs {

@@ -9,6 +9,16 @@
 //! are logged and written to the audit log's start-up/reload record, so a
 //! reviewer can see exactly where a name pointed. A DNS answer that changes
 //! later moves nothing until the next reload, which is itself recorded.
+//!
+//! # Header hygiene
+//!
+//! [`headers`] is the one list of request headers that never reach a
+//! backend from a caller (identity, client address, method and URL
+//! overrides, hop-by-hop), and the one place that sets the connector's
+//! own `Forwarded` / `X-Forwarded-*` and identity headers. The http
+//! devices and the MCP `http_request` tool both go through it.
+
+pub mod headers;
 
 use std::net::SocketAddr;
 use std::time::Duration;

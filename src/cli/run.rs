@@ -53,6 +53,9 @@ pub struct RunArgs {
     /// only on SIGHUP)
     #[arg(long, default_value_t = 2)]
     pub watch_interval: u64,
+    /// Most devices joining the tailnet at once
+    #[arg(long, default_value_t = devices::DEFAULT_START_CONCURRENCY)]
+    pub start_concurrency: usize,
 }
 
 /// Runs the connector until a stop signal; exit code 2 for an invalid
@@ -74,36 +77,44 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 
     let options = Options {
         progress: super::human(),
+        start_concurrency: args.start_concurrency.max(1),
         ..Options::default()
     };
     let policy = devices::shared_policy(Policy::from_config(&config));
     let pinned = plan.pinned().clone();
-    let mut mcp_state = None;
-    let started = async {
-        let mut connector = Connector::start(
-            plan.clone(),
-            &auth_key,
-            policy.clone(),
-            audit.clone(),
-            options,
-        )
-        .await?;
-        if let Some(device) = &config.mcp {
-            let (config, audit, mcp_state) = (&config, audit.clone(), &mut mcp_state);
-            connector
-                .add_service(&device.hostname, &[device.port], move |info| {
-                    let mut hosts = info.names.clone();
-                    hosts.extend(info.ips.iter().map(ToString::to_string));
-                    let state = mcp::McpState::new(config, policy, pinned, audit, hosts)
-                        .map_err(|e| e.to_string())?;
-                    state.start_federation();
-                    *mcp_state = Some(Arc::clone(&state));
-                    Ok(Arc::new(McpService(state)) as Arc<dyn devices::Service>)
-                })
-                .await?;
-        }
-        Ok::<_, devices::DeviceError>(connector)
-    };
+    // The MCP device joins the tailnet together with the endpoint devices;
+    // its service is built once its node is up and knows its names.
+    let (mcp_tx, mcp_rx) = std::sync::mpsc::channel();
+    let services = config
+        .mcp
+        .as_ref()
+        .map(|device| {
+            let (config, policy, audit) = (config.clone(), policy.clone(), audit.clone());
+            let make: devices::MakeService = Box::new(move |info| {
+                let mut hosts = info.names.clone();
+                hosts.extend(info.ips.iter().map(ToString::to_string));
+                let state = mcp::McpState::new(&config, policy, pinned, audit, hosts)
+                    .map_err(|e| e.to_string())?;
+                state.start_federation();
+                let _ = mcp_tx.send(Arc::clone(&state));
+                Ok(Arc::new(McpService(state)) as Arc<dyn devices::Service>)
+            });
+            devices::ServiceDevice {
+                hostname: device.hostname.clone(),
+                ports: vec![device.port],
+                make,
+            }
+        })
+        .into_iter()
+        .collect();
+    let started = Connector::start_with(
+        plan.clone(),
+        services,
+        &auth_key,
+        policy.clone(),
+        audit.clone(),
+        options,
+    );
     let connector = match started.await {
         Ok(connector) => connector,
         Err(e) => {
@@ -114,6 +125,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             return Err(e).context("starting devices");
         }
     };
+    let mcp_state = mcp_rx.try_recv().ok();
     super::say(format_args!(
         "serving {} ({}), fingerprint {}; reload with SIGHUP, stop with SIGTERM or Ctrl-C",
         config.file_name,

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use portcullis::audit::{AuditLog, Record, WriterTask};
-use portcullis::config::Config;
+use portcullis::config::{self, Config};
 use portcullis::devices::{self, Connector, Options, Plan};
 use portcullis::mcp;
 use portcullis::metrics;
@@ -56,6 +56,14 @@ pub struct RunArgs {
     /// Most devices joining the tailnet at once
     #[arg(long, default_value_t = devices::DEFAULT_START_CONCURRENCY)]
     pub start_concurrency: usize,
+    /// GOGC of the embedded Go runtime: "off" or a percentage (overrides
+    /// `[tailnet] go_gc`)
+    #[arg(long, value_name = "PERCENT|off", value_parser = config::parse_go_gc)]
+    pub go_gc: Option<config::GoGc>,
+    /// GOMEMLIMIT of the embedded Go runtime, e.g. 3GiB (overrides
+    /// `[tailnet] go_memory_limit`)
+    #[arg(long, value_name = "SIZE", value_parser = config::parse_bytes)]
+    pub go_memory_limit: Option<u64>,
 }
 
 /// Runs the connector until a stop signal; exit code 2 for an invalid
@@ -66,6 +74,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         Err(e) => return Ok(super::report_error(&e)),
     };
     apply_knobs(std::env::var(KNOBS_ENV).ok().as_deref())?;
+    apply_go_gc(&args, &config)?;
     let auth_key = config
         .tailnet
         .auth_key()
@@ -269,6 +278,31 @@ impl devices::Service for McpService {
     ) -> Option<portcullis::policy::Decision> {
         Some(self.0.recheck(caller))
     }
+}
+
+/// Applies the Go GC settings of the flags, else of the file, before any
+/// node starts. The Go runtime's own GOGC / GOMEMLIMIT environment
+/// variables apply when neither sets them.
+fn apply_go_gc(args: &RunArgs, config: &Config) -> anyhow::Result<()> {
+    let gc = args.go_gc.or(config.tailnet.go_gc);
+    let limit = args.go_memory_limit.or(config.tailnet.go_memory_limit);
+    if gc == Some(config::GoGc::Off) && limit.is_none() {
+        anyhow::bail!(
+            "Go GC off needs a memory limit (--go-memory-limit or [tailnet] go_memory_limit)"
+        );
+    }
+    let settings = tailnet::GoGc {
+        percent: gc.map(|g| match g {
+            config::GoGc::Off => 0,
+            config::GoGc::Percent(p) => p,
+        }),
+        memory_limit: limit,
+    };
+    if settings != tailnet::GoGc::default() {
+        tailnet::set_go_gc(settings).context("applying the Go GC settings")?;
+        tracing::info!(gc = ?gc.map(|g| g.to_string()), memory_limit = ?limit, "Go GC settings applied");
+    }
+    Ok(())
 }
 
 /// Sets each `NAME=VALUE` of `knobs` (comma-separated) on the embedded

@@ -17,7 +17,14 @@ const POLICY: &str = include_str!("../examples/tailnet-policy.hujson");
 fn key_with_id(hs: &Headscale, user: u64, tags: &str) -> (u64, String) {
     let uid = user.to_string();
     let v = hs.cli(&[
-        "preauthkeys", "create", "--user", &uid, "--reusable", "--expiration", "1h", "--tags",
+        "preauthkeys",
+        "create",
+        "--user",
+        &uid,
+        "--reusable",
+        "--expiration",
+        "1h",
+        "--tags",
         tags,
     ]);
     let id = v["id"]
@@ -71,9 +78,15 @@ async fn recommended_policy_devices_see_only_agents_over_a_direct_path() {
         n.contains(&"dev-a") && n.contains(&"dev-b")
     })
     .await;
-    assert!(seen.iter().all(|p| p.tags == ["tag:portcullis"]), "{seen:?}");
+    assert!(
+        seen.iter().all(|p| p.tags == ["tag:portcullis"]),
+        "{seen:?}"
+    );
     for device in [&dev_a, &dev_b] {
-        peers_until(device, "the device sees the agent", |p| names(p) == ["agent"]).await;
+        peers_until(device, "the device sees the agent", |p| {
+            names(p) == ["agent"]
+        })
+        .await;
     }
     // Nor later: updates about the other device never add it.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -156,7 +169,13 @@ async fn restart_does_not_resend_the_key_and_a_forgotten_node_logs_in_again() {
         .and_then(|a| a.iter().find(|n| n["name"] == "restarts"))
         .and_then(|n| n["id"].as_u64())
         .expect("node id");
-    hs.cli(&["nodes", "delete", "--identifier", &id.to_string(), "--force"]);
+    hs.cli(&[
+        "nodes",
+        "delete",
+        "--identifier",
+        &id.to_string(),
+        "--force",
+    ]);
     let (_, fresh) = key_with_id(&hs, admin, "tag:portcullis");
     let relogged = node_builder(&hs, "restarts", &fresh)
         .up_timeout(Duration::from_secs(30))
@@ -165,4 +184,89 @@ async fn restart_does_not_resend_the_key_and_a_forgotten_node_logs_in_again() {
         .unwrap_or_else(|e| panic!("start after the node was deleted: {e}\n{}", hs.log()));
     assert!(!relogged.ips().expect("ips").is_empty());
     relogged.close().await.expect("close");
+}
+
+#[test]
+fn review_says_which_peers_devices_see_under_a_tailnet_policy() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let config = root.join("examples/prometheus-readonly.toml");
+    let policy = root.join("examples/tailnet-policy.hujson");
+    let run = |args: &[&str]| {
+        let out = common::connector::run(args);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code(), text)
+    };
+    let (c, p) = (
+        config.to_str().expect("utf-8"),
+        policy.to_str().expect("utf-8"),
+    );
+
+    let (code, text) = run(&["review", c, "--tailnet-policy", p, "--strict"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("- `tag:agent`: reaches the devices (grants[0])"),
+        "{text}"
+    );
+    assert!(text.contains("Devices see each other: no."), "{text}");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mesh = dir.path().join("mesh.hujson");
+    std::fs::write(
+        &mesh,
+        r#"{"acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}]}"#,
+    )
+    .expect("write");
+    let m = mesh.to_str().expect("utf-8");
+    let (code, text) = run(&["review", c, "--tailnet-policy", m, "--strict"]);
+    assert_eq!(code, Some(1), "--strict fails on policy warnings: {text}");
+    assert!(text.contains("Devices see each other: **yes**."), "{text}");
+    assert!(
+        text.contains("`tailnet_devices_see_each_other` (acls[0])"),
+        "{text}"
+    );
+    let (code, text) = run(&["review", c, "--tailnet-policy", m, "--format", "json"]);
+    assert_eq!(code, Some(0), "{text}");
+    let v: serde_json::Value = serde_json::from_str(&text).expect("json");
+    assert_eq!(v["tailnet_policy"]["devices_see_each_other"], true);
+
+    // The demo file tags devices through the key: the tags must be named.
+    let demo = root.join("examples/endpoints.toml");
+    let d = demo.to_str().expect("utf-8");
+    let (code, text) = run(&["review", d, "--tailnet-policy", p]);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("pass --device-tag"), "{text}");
+    let (code, text) = run(&[
+        "review",
+        d,
+        "--tailnet-policy",
+        p,
+        "--device-tag",
+        "portcullis",
+    ]);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("a tag looks like tag:NAME"), "{text}");
+    let (code, text) = run(&[
+        "review",
+        d,
+        "--tailnet-policy",
+        p,
+        "--device-tag",
+        "tag:portcullis",
+    ]);
+    assert_eq!(code, Some(0), "{text}");
+
+    let broken = dir.path().join("broken.hujson");
+    std::fs::write(&broken, "{\"grants\": [ /* unterminated").expect("write");
+    let (code, text) = run(&[
+        "review",
+        c,
+        "--tailnet-policy",
+        broken.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("invalid tailnet policy"), "{text}");
 }

@@ -29,7 +29,8 @@ const MIN_GO: (u32, u32, u32) = (1, 26, 6);
 ///   exit nodes, subnet routes, web client) a connector does not offer.
 ///
 /// Kept: netstack, gro, dns (MagicDNS names), ipnbus and health (up and its
-/// errors), serve/acme (tsnet's API needs them), tailnetlock, cloud,
+/// errors), serve/acme (tsnet's API needs them), peerapiclient (tsdial's
+/// Close panics without it), tailnetlock, cloud,
 /// outboundproxy/useproxy (control behind an HTTP proxy), bakedroots,
 /// cachenetmap. Together the omissions cut idle RSS by ~12 % and start-up
 /// work per node; see docs/scale.md.
@@ -40,7 +41,7 @@ const TSNET_OMIT: &[&str] = &[
     "completion", "completion_scripts", "conn25", "dbus", "debug", "debugeventbus",
     "debugportmapper", "desktop_sessions", "doctor", "drive", "flashappliance", "hujsonconf",
     "identityfederation", "iptables", "kube", "linkspeed", "linuxdnsfight", "listenrawdisco",
-    "logtail", "netlog", "networkmanager", "oauthkey", "osrouter", "peerapiclient",
+    "logtail", "netlog", "networkmanager", "oauthkey", "osrouter",
     "peerapiserver", "portlist", "portmapper", "posture", "qrcodes", "relayserver",
     "remoteconfig", "resolved", "routecheck", "runtimemetrics", "sdnotify",
     "serviceclientprefs", "ssh", "synology", "syslog", "syspolicy", "systray", "taildrop", "tap",

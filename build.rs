@@ -8,6 +8,47 @@ use std::process::Command;
 /// tailscale.com in vendor/tsffi/go.mod needs at least this Go.
 const MIN_GO: (u32, u32, u32) = (1, 26, 6);
 
+/// tailscale.com features compiled out of the embedded nodes (`ts_omit_*`
+/// build tags; `go run tailscale.com/cmd/featuretags --list` describes
+/// them). A connector's nodes accept connections on the tailnet and do
+/// nothing else, and every node in the process pays for each feature:
+///
+/// - `peerapiserver`: in userspace mode the PeerAPI opens a real TCP
+///   listener on every host interface; without it the process listens on
+///   no host interface at all.
+/// - `logtail`: tsnet keeps a log buffer file per node and a goroutine
+///   draining it even with upload disabled (about 5 % of idle CPU at 100
+///   nodes). Logs still reach `tsffi_set_logfd`.
+/// - `portlist`, `portmapper`, `netlog`, `c2n`, `captiveportal`,
+///   `clientupdate`, `posture`, `relayserver`, `*metrics`, `syspolicy`:
+///   per-node polling, probing or background work a connector never uses.
+///   Without port mapping a node behind NAT still finds its public address
+///   with STUN and falls back to DERP.
+/// - the rest are OS integration (routers, DNS managers, D-Bus) that
+///   userspace nodes do not touch, and client features (SSH, Taildrop,
+///   exit nodes, subnet routes, web client) a connector does not offer.
+///
+/// Kept: netstack, gro, dns (MagicDNS names), ipnbus and health (up and its
+/// errors), serve/acme (tsnet's API needs them), peerapiclient (tsdial's
+/// Close panics without it), tailnetlock, cloud,
+/// outboundproxy/useproxy (control behind an HTTP proxy), bakedroots,
+/// cachenetmap. Together the omissions cut idle RSS by ~12 % and start-up
+/// work per node; see docs/scale.md.
+#[rustfmt::skip]
+const TSNET_OMIT: &[&str] = &[
+    "ace", "advertiseexitnode", "advertiseroutes", "appconnectors", "aws", "bird", "c2n",
+    "captiveportal", "capture", "cliconndiag", "clientmetrics", "clientupdate", "colorable",
+    "completion", "completion_scripts", "conn25", "dbus", "debug", "debugeventbus",
+    "debugportmapper", "desktop_sessions", "doctor", "drive", "flashappliance", "hujsonconf",
+    "identityfederation", "iptables", "kube", "linkspeed", "linuxdnsfight", "listenrawdisco",
+    "logtail", "netlog", "networkmanager", "oauthkey", "osrouter",
+    "peerapiserver", "portlist", "portmapper", "posture", "qrcodes", "relayserver",
+    "remoteconfig", "resolved", "routecheck", "runtimemetrics", "sdnotify",
+    "serviceclientprefs", "ssh", "synology", "syslog", "syspolicy", "systray", "taildrop", "tap",
+    "tpm", "tundevstats", "unixsocketidentity", "useexitnode", "usermetrics", "useroutes",
+    "wakeonlan", "webbrowser", "webclient",
+];
+
 fn main() {
     let src = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"))
         .join("vendor/tsffi");
@@ -22,20 +63,13 @@ fn main() {
     check_go_version(&go);
 
     let archive = out.join("libtsffi.a");
-    // ts_omit_peerapiserver: in userspace (netstack) mode tsnet's PeerAPI
-    // server opens a real TCP listener on every host interface. A connector
-    // serves nothing but its devices, so the PeerAPI is compiled out and the
-    // process listens on no host interface at all.
+    let mut tags = vec!["netgo".to_owned(), "osusergo".to_owned()];
+    tags.extend(TSNET_OMIT.iter().map(|f| format!("ts_omit_{f}")));
     let status = Command::new(&go)
         .current_dir(&src)
-        .args([
-            "build",
-            "-buildmode=c-archive",
-            "-trimpath",
-            "-tags",
-            "netgo,osusergo,ts_omit_peerapiserver",
-            "-o",
-        ])
+        .args(["build", "-buildmode=c-archive", "-trimpath", "-tags"])
+        .arg(tags.join(","))
+        .arg("-o")
         .arg(&archive)
         .arg(".")
         .env("CGO_ENABLED", "1")

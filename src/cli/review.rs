@@ -58,6 +58,16 @@ pub struct ReviewArgs {
     #[arg(long, value_name = "NAME", requires = "replay")]
     pub connector: Option<String>,
 
+    /// The tailnet's policy file (Tailscale or headscale, HuJSON): also say
+    /// which peers each device will see and whether devices see each other.
+    #[arg(long, value_name = "POLICY.hujson")]
+    pub tailnet_policy: Option<PathBuf>,
+
+    /// With --tailnet-policy: a tag the devices carry (repeatable). Default:
+    /// `[tailnet] tags`; needed when the tags come from the auth key.
+    #[arg(long, value_name = "TAG", requires = "tailnet_policy")]
+    pub device_tag: Vec<String>,
+
     /// Exit with 1 if the review raises any warning.
     #[arg(long)]
     pub strict: bool,
@@ -74,6 +84,10 @@ pub async fn review(args: ReviewArgs) -> anyhow::Result<ExitCode> {
     };
     let report = review::report(&config);
     let diff = old.as_ref().map(|old| review::diff(old, &config));
+    let peers = match &args.tailnet_policy {
+        Some(path) => Some(tailnet_policy(path, &args.device_tag, &config)?),
+        None => None,
+    };
     let replay = match &args.replay {
         Some(url) => Some(
             replay(&config, url, args.since, args.connector.as_deref())
@@ -93,6 +107,10 @@ pub async fn review(args: ReviewArgs) -> anyhow::Result<ExitCode> {
                 text.push('\n');
                 text.push_str(&review::render_replay_markdown(replay));
             }
+            if let Some(peers) = &peers {
+                text.push('\n');
+                text.push_str(&peers.render_markdown());
+            }
             text
         }
         Format::Json => {
@@ -100,6 +118,7 @@ pub async fn review(args: ReviewArgs) -> anyhow::Result<ExitCode> {
                 report: &report,
                 diff: diff.as_ref(),
                 replay: replay.as_ref(),
+                tailnet_policy: peers.as_ref(),
             };
             let mut text =
                 serde_json::to_string_pretty(&value).context("cannot render the review as JSON")?;
@@ -109,7 +128,7 @@ pub async fn review(args: ReviewArgs) -> anyhow::Result<ExitCode> {
     };
     super::print(&text)?;
     let mut failed = false;
-    let warnings = report.warnings.len();
+    let warnings = report.warnings.len() + peers.as_ref().map_or(0, |p| p.warnings.len());
     if args.strict && warnings > 0 {
         let s = if warnings == 1 { "" } else { "s" };
         eprintln!(
@@ -188,10 +207,39 @@ async fn replay_store(
 }
 
 /// The JSON output: the report first, then the diff (null without
-/// `--against`) and the replay (null without `--replay`).
+/// `--against`), the replay (null without `--replay`) and the tailnet
+/// policy view (null without `--tailnet-policy`).
 #[derive(serde::Serialize)]
 struct JsonOutput<'a> {
     report: &'a review::Report,
     diff: Option<&'a review::Diff>,
     replay: Option<&'a review::Replay>,
+    tailnet_policy: Option<&'a review::PeerView>,
+}
+
+/// Reads the tailnet policy at `path` and says which peers the devices of
+/// `config` (tagged `tags`, else `[tailnet] tags`) will see under it.
+fn tailnet_policy(
+    path: &std::path::Path,
+    tags: &[String],
+    config: &portcullis::config::Config,
+) -> anyhow::Result<review::PeerView> {
+    let tags = if tags.is_empty() {
+        config.tailnet.tags.clone()
+    } else {
+        tags.to_vec()
+    };
+    if tags.is_empty() {
+        anyhow::bail!(
+            "--tailnet-policy: which tags do the devices carry? `[tailnet] tags` is empty \
+             (the auth key tags them); pass --device-tag tag:NAME"
+        );
+    }
+    if let Some(bad) = tags.iter().find(|t| !t.starts_with("tag:") || t.len() < 5) {
+        anyhow::bail!("--device-tag {bad:?}: a tag looks like tag:NAME");
+    }
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read tailnet policy {}", path.display()))?;
+    review::analyse_tailnet_policy(&path.display().to_string(), &text, &tags)
+        .map_err(|e| anyhow::anyhow!("invalid tailnet policy {e}"))
 }

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use portcullis::audit::{self, AuditLog, Checkpointer, OnFailure, Record, WriterTask};
-use portcullis::config::{Config, OnAuditFailure};
+use portcullis::config::{self, Config, OnAuditFailure};
 use portcullis::devices::{self, Connector, Options, Plan};
 use portcullis::mcp;
 use portcullis::metrics;
@@ -55,6 +55,17 @@ pub struct RunArgs {
     /// else 65536); each open connection and request in flight holds one
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub audit_queue: Option<u64>,
+    /// Most devices joining the tailnet at once
+    #[arg(long, default_value_t = devices::DEFAULT_START_CONCURRENCY)]
+    pub start_concurrency: usize,
+    /// GOGC of the embedded Go runtime: "off" or a percentage (overrides
+    /// `[tailnet] go_gc`)
+    #[arg(long, value_name = "PERCENT|off", value_parser = config::parse_go_gc)]
+    pub go_gc: Option<config::GoGc>,
+    /// GOMEMLIMIT of the embedded Go runtime, e.g. 3GiB (overrides
+    /// `[tailnet] go_memory_limit`)
+    #[arg(long, value_name = "SIZE", value_parser = config::parse_bytes)]
+    pub go_memory_limit: Option<u64>,
 }
 
 /// Runs the connector until a stop signal; exit code 2 for an invalid
@@ -65,6 +76,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         Err(e) => return Ok(super::report_error(&e)),
     };
     apply_knobs(std::env::var(KNOBS_ENV).ok().as_deref())?;
+    apply_go_gc(&args, &config)?;
     let auth_key = config
         .tailnet
         .auth_key()
@@ -76,36 +88,44 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 
     let options = Options {
         progress: super::human(),
+        start_concurrency: args.start_concurrency.max(1),
         ..Options::default()
     };
     let policy = devices::shared_policy(Policy::from_config(&config));
     let pinned = plan.pinned().clone();
-    let mut mcp_state = None;
-    let started = async {
-        let mut connector = Connector::start(
-            plan.clone(),
-            &auth_key,
-            policy.clone(),
-            audit.clone(),
-            options,
-        )
-        .await?;
-        if let Some(device) = &config.mcp {
-            let (config, audit, mcp_state) = (&config, audit.clone(), &mut mcp_state);
-            connector
-                .add_service(&device.hostname, &[device.port], move |info| {
-                    let mut hosts = info.names.clone();
-                    hosts.extend(info.ips.iter().map(ToString::to_string));
-                    let state = mcp::McpState::new(config, policy, pinned, audit, hosts)
-                        .map_err(|e| e.to_string())?;
-                    state.start_federation();
-                    *mcp_state = Some(Arc::clone(&state));
-                    Ok(Arc::new(McpService(state)) as Arc<dyn devices::Service>)
-                })
-                .await?;
-        }
-        Ok::<_, devices::DeviceError>(connector)
-    };
+    // The MCP device joins the tailnet together with the endpoint devices;
+    // its service is built once its node is up and knows its names.
+    let (mcp_tx, mcp_rx) = std::sync::mpsc::channel();
+    let services = config
+        .mcp
+        .as_ref()
+        .map(|device| {
+            let (config, policy, audit) = (config.clone(), policy.clone(), audit.clone());
+            let make: devices::MakeService = Box::new(move |info| {
+                let mut hosts = info.names.clone();
+                hosts.extend(info.ips.iter().map(ToString::to_string));
+                let state = mcp::McpState::new(&config, policy, pinned, audit, hosts)
+                    .map_err(|e| e.to_string())?;
+                state.start_federation();
+                let _ = mcp_tx.send(Arc::clone(&state));
+                Ok(Arc::new(McpService(state)) as Arc<dyn devices::Service>)
+            });
+            devices::ServiceDevice {
+                hostname: device.hostname.clone(),
+                ports: vec![device.port],
+                make,
+            }
+        })
+        .into_iter()
+        .collect();
+    let started = Connector::start_with(
+        plan.clone(),
+        services,
+        &auth_key,
+        policy.clone(),
+        audit.clone(),
+        options,
+    );
     let connector = match started.await {
         Ok(connector) => connector,
         Err(e) => {
@@ -116,6 +136,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             return Err(e).context("starting devices");
         }
     };
+    let mcp_state = mcp_rx.try_recv().ok();
     super::say(format_args!(
         "serving {} ({}), fingerprint {}; reload with SIGHUP, stop with SIGTERM or Ctrl-C",
         config.file_name,
@@ -289,6 +310,31 @@ impl devices::Service for McpService {
     ) -> Option<portcullis::policy::Decision> {
         Some(self.0.recheck(caller))
     }
+}
+
+/// Applies the Go GC settings of the flags, else of the file, before any
+/// node starts. The Go runtime's own GOGC / GOMEMLIMIT environment
+/// variables apply when neither sets them.
+fn apply_go_gc(args: &RunArgs, config: &Config) -> anyhow::Result<()> {
+    let gc = args.go_gc.or(config.tailnet.go_gc);
+    let limit = args.go_memory_limit.or(config.tailnet.go_memory_limit);
+    if gc == Some(config::GoGc::Off) && limit.is_none() {
+        anyhow::bail!(
+            "Go GC off needs a memory limit (--go-memory-limit or [tailnet] go_memory_limit)"
+        );
+    }
+    let settings = tailnet::GoGc {
+        percent: gc.map(|g| match g {
+            config::GoGc::Off => 0,
+            config::GoGc::Percent(p) => p,
+        }),
+        memory_limit: limit,
+    };
+    if settings != tailnet::GoGc::default() {
+        tailnet::set_go_gc(settings).context("applying the Go GC settings")?;
+        tracing::info!(gc = ?gc.map(|g| g.to_string()), memory_limit = ?limit, "Go GC settings applied");
+    }
+    Ok(())
 }
 
 /// Sets each `NAME=VALUE` of `knobs` (comma-separated) on the embedded

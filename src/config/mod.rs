@@ -27,6 +27,7 @@ mod error;
 mod glob;
 mod locate;
 mod raw;
+mod runtime;
 mod target;
 mod validate;
 
@@ -42,6 +43,7 @@ use sha2::{Digest, Sha256};
 
 pub use error::{ConfigError, Diagnostic};
 pub use glob::Glob;
+pub use runtime::{GoGc, parse_bytes, parse_go_gc};
 pub use target::{Host, Target};
 
 /// A validated `endpoints.toml`, defaults filled in and groups resolved.
@@ -85,6 +87,10 @@ pub struct Tailnet {
     pub tags: Vec<String>,
     /// Whether devices register as ephemeral nodes.
     pub ephemeral: bool,
+    /// GOGC of the embedded Go runtime (`go_gc`); `None`: Go's default.
+    pub go_gc: Option<GoGc>,
+    /// GOMEMLIMIT of the embedded Go runtime in bytes (`go_memory_limit`).
+    pub go_memory_limit: Option<u64>,
 }
 
 impl Tailnet {

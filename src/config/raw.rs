@@ -36,6 +36,26 @@ pub(super) struct RawTailnet {
     pub hostname_prefix: Option<String>,
     pub tags: Option<Vec<String>>,
     pub ephemeral: Option<bool>,
+    pub go_gc: Option<IntOrString>,
+    pub go_memory_limit: Option<IntOrString>,
+}
+
+/// A setting written either as a number or as a string (`go_gc = 50` or
+/// `go_gc = "off"`).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(super) enum IntOrString {
+    Int(i64),
+    Str(String),
+}
+
+impl IntOrString {
+    pub fn text(&self) -> String {
+        match self {
+            IntOrString::Int(n) => n.to_string(),
+            IntOrString::Str(s) => s.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]

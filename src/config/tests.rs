@@ -350,3 +350,52 @@ fn audit_section_and_strip_headers_validate_with_field_paths() {
     let err = parse_err(&endpoint("\"X-A\", \"x_a\""));
     assert!(err.contains("strip_headers[1]: duplicate header"), "{err}");
 }
+
+#[test]
+fn go_runtime_settings_parse_and_bad_ones_name_their_field() {
+    let with = |lines: &str| BASE.replace("[tailnet]", &format!("[tailnet]\n{lines}"));
+    let c = parse(&with("go_gc = 50\ngo_memory_limit = \"3GiB\""), "t.toml").expect("valid");
+    assert_eq!(c.tailnet.go_gc, Some(GoGc::Percent(50)));
+    assert_eq!(c.tailnet.go_memory_limit, Some(3 << 30));
+    let c = parse(
+        &with("go_gc = \"off\"\ngo_memory_limit = 1073741824"),
+        "t.toml",
+    )
+    .expect("valid");
+    assert_eq!(c.tailnet.go_gc, Some(GoGc::Off));
+    assert_eq!(c.tailnet.go_memory_limit, Some(1 << 30));
+    let c = parse_ok("");
+    assert_eq!((c.tailnet.go_gc, c.tailnet.go_memory_limit), (None, None));
+
+    for (lines, expect) in [
+        (
+            "go_gc = 0",
+            "t.toml:3:9: tailnet.go_gc: invalid Go GC setting \"0\"",
+        ),
+        ("go_gc = -5", "tailnet.go_gc: invalid Go GC setting \"-5\""),
+        (
+            "go_gc = \"sometimes\"",
+            "tailnet.go_gc: invalid Go GC setting",
+        ),
+        (
+            "go_gc = \"off\"",
+            "tailnet.go_gc: go_gc = \"off\" without `go_memory_limit`",
+        ),
+        (
+            "go_memory_limit = \"2GB\"",
+            "tailnet.go_memory_limit: invalid size \"2GB\"",
+        ),
+        (
+            "go_memory_limit = 0",
+            "tailnet.go_memory_limit: invalid size \"0\"",
+        ),
+        (
+            "go_memory_limit = -1",
+            "tailnet.go_memory_limit: invalid size \"-1\"",
+        ),
+        ("go_gc = true", "tailnet.go_gc"),
+    ] {
+        let err = parse(&with(lines), "t.toml").expect_err(lines).to_string();
+        assert!(err.contains(expect), "{lines}: {err}");
+    }
+}

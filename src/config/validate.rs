@@ -234,6 +234,22 @@ fn tailnet(cx: &mut Ctx<'_>, t: RawTailnet) -> Option<Tailnet> {
             cx.error(&format!("tailnet.tags[{i}]"), why);
         }
     }
+    let go_gc = t.go_gc.and_then(|v| {
+        super::parse_go_gc(&v.text())
+            .map_err(|why| cx.error("tailnet.go_gc", why))
+            .ok()
+    });
+    let go_memory_limit = t.go_memory_limit.and_then(|v| {
+        super::parse_bytes(&v.text())
+            .map_err(|why| cx.error("tailnet.go_memory_limit", why))
+            .ok()
+    });
+    if go_gc == Some(super::GoGc::Off) && go_memory_limit.is_none() {
+        cx.error(
+            "tailnet.go_gc",
+            "go_gc = \"off\" without `go_memory_limit` lets the heap grow without bound",
+        );
+    }
     Some(Tailnet {
         control_url: control_url?,
         auth_key: auth_key?,
@@ -241,6 +257,8 @@ fn tailnet(cx: &mut Ctx<'_>, t: RawTailnet) -> Option<Tailnet> {
         hostname_prefix,
         tags,
         ephemeral: t.ephemeral.unwrap_or(false),
+        go_gc,
+        go_memory_limit,
     })
 }
 

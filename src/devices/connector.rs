@@ -41,7 +41,13 @@ pub struct Options {
     /// Print start-up progress as plain lines on stderr (else as info
     /// log events).
     pub progress: bool,
+    /// Most nodes joining the tailnet at once, at start-up and on reload.
+    pub start_concurrency: usize,
 }
+
+/// Nodes joining at once by default: enough to hide the control server's
+/// round trips, few enough not to queue 100 registrations on it at once.
+pub const DEFAULT_START_CONCURRENCY: usize = 32;
 
 impl Default for Options {
     fn default() -> Self {
@@ -49,6 +55,7 @@ impl Default for Options {
             max_connections: 1024,
             up_timeout: Duration::from_secs(60),
             progress: false,
+            start_concurrency: DEFAULT_START_CONCURRENCY,
         }
     }
 }
@@ -305,9 +312,20 @@ impl Connector {
         audit: AuditLog,
         options: Options,
     ) -> Result<Connector, DeviceError> {
+        Connector::start_with(plan, Vec::new(), auth_key, policy, audit, options).await
+    }
+
+    /// A connector with no devices yet.
+    pub(super) fn empty(
+        plan: &Plan,
+        auth_key: &str,
+        policy: SharedPolicy,
+        audit: AuditLog,
+        options: Options,
+    ) -> Connector {
         let (in_flight, in_flight_done) = mpsc::channel(1);
         let open = Arc::new(Registry::default());
-        let mut connector = Connector {
+        Connector {
             tailnet: plan.tailnet.clone(),
             auth_key: auth_key.to_owned(),
             options,
@@ -324,30 +342,7 @@ impl Connector {
             in_flight,
             in_flight_done,
             active: Arc::new(AtomicUsize::new(0)),
-        };
-        let mut seen = std::collections::HashSet::new();
-        if let Some((e, _)) = plan
-            .devices
-            .iter()
-            .find(|(e, _)| !seen.insert(e.hostname.clone()))
-        {
-            return Err(DeviceError::DuplicateDevice {
-                hostname: e.hostname.clone(),
-            });
         }
-
-        let began = Instant::now();
-        connector.progress(format_args!("starting {} devices...", plan.devices.len()));
-        let started = connector.start_nodes(&plan.devices).await?;
-        for ((endpoint, pinned), (node, listeners)) in plan.devices.into_iter().zip(started) {
-            connector.serve_endpoint(endpoint, pinned, node, listeners);
-        }
-        connector.progress(format_args!(
-            "{} devices up in {:.1}s",
-            connector.running.len(),
-            began.elapsed().as_secs_f64()
-        ));
-        Ok(connector)
     }
 
     /// Starts one more device, `hostname` on `ports`, whose connections go to
@@ -370,6 +365,23 @@ impl Connector {
             });
         }
         let (node, listeners) = self.start_node(hostname, ports.to_vec()).await?;
+        self.serve_service(hostname, ports, node, listeners, make)
+            .await
+    }
+
+    /// Serves a started service device: names it, builds its service with
+    /// `make` and spawns its accept loops. Closes the node if `make` fails.
+    pub(super) async fn serve_service<F>(
+        &mut self,
+        hostname: &str,
+        ports: &[u16],
+        node: Node,
+        listeners: Vec<Listener>,
+        make: F,
+    ) -> Result<(), DeviceError>
+    where
+        F: FnOnce(&DeviceInfo) -> Result<Arc<dyn Service>, String>,
+    {
         let mut names = vec![hostname.to_owned()];
         match node.dns_name().await {
             Ok(fqdn) => names.push(fqdn),
@@ -473,17 +485,43 @@ impl Connector {
         &self,
         devices: &[(Endpoint, Pinned)],
     ) -> Result<Vec<(Node, Vec<Listener>)>, DeviceError> {
+        let specs: Vec<(&str, &[u16])> = devices
+            .iter()
+            .map(|(e, _)| (e.hostname.as_str(), e.ports.as_slice()))
+            .collect();
+        self.start_specs(&specs, |i, node| {
+            Some(info_of(&devices[i].0, node).to_string())
+        })
+        .await
+    }
+
+    /// Starts one node per `(hostname, ports)`, at most
+    /// [`Options::start_concurrency`] joining the tailnet at once, and
+    /// returns them in order. `describe` gives the progress line of a node
+    /// that came up. On any failure the nodes already up are closed and the
+    /// first error is returned.
+    pub(super) async fn start_specs(
+        &self,
+        specs: &[(&str, &[u16])],
+        describe: impl Fn(usize, &Node) -> Option<String>,
+    ) -> Result<Vec<(Node, Vec<Listener>)>, DeviceError> {
+        let slots = Arc::new(Semaphore::new(self.options.start_concurrency.max(1)));
         let mut starting = JoinSet::new();
-        for (i, (endpoint, _)) in devices.iter().enumerate() {
-            let start = self.start_node(&endpoint.hostname, endpoint.ports.clone());
-            starting.spawn(async move { (i, start.await) });
+        for (i, (hostname, ports)) in specs.iter().enumerate() {
+            let start = self.start_node(hostname, ports.to_vec());
+            let slots = Arc::clone(&slots);
+            starting.spawn(async move {
+                let _slot = slots.acquire_owned().await;
+                (i, start.await)
+            });
         }
-        let mut started: Vec<Option<(Node, Vec<Listener>)>> =
-            devices.iter().map(|_| None).collect();
+        let mut started: Vec<Option<(Node, Vec<Listener>)>> = specs.iter().map(|_| None).collect();
         while let Some(joined) = starting.join_next().await {
             let result = match joined {
                 Ok((i, Ok(up))) => {
-                    self.progress(format_args!("  {}", info_of(&devices[i].0, &up.0)));
+                    if let Some(line) = describe(i, &up.0) {
+                        self.progress(format_args!("  {line}"));
+                    }
                     started[i] = Some(up);
                     continue;
                 }
@@ -851,7 +889,7 @@ impl Connector {
     }
 }
 
-fn info_of(endpoint: &Endpoint, node: &Node) -> DeviceInfo {
+pub(super) fn info_of(endpoint: &Endpoint, node: &Node) -> DeviceInfo {
     info_of_parts(endpoint, node.ips().unwrap_or_default())
 }
 

@@ -20,8 +20,9 @@
 //! duplex in tests.
 //!
 //! `mcp` endpoints get no device here: they are reached only through the
-//! governed MCP device, which plugs in with [`Connector::add_service`]. A raw
-//! device would bypass the per-tool rules.
+//! governed MCP device, which plugs in as a [`ServiceDevice`] started with
+//! the endpoint devices ([`Connector::start_with`]). A raw device would
+//! bypass the per-tool rules.
 //!
 //! The policy lives in a [`SharedPolicy`] so a reload can swap it; every
 //! connection and request reads the current one when it decides. Pinned
@@ -32,6 +33,7 @@ mod ctx;
 mod http;
 mod registry;
 mod reload;
+mod startup;
 mod tcp;
 
 #[cfg(test)]
@@ -45,11 +47,13 @@ use std::future::Future;
 use std::pin::Pin;
 
 pub use connector::{
-    Connector, DeviceInfo, DeviceKind, DeviceStatus, Options, Plan, ShutdownReport, StatusBoard,
+    Connector, DEFAULT_START_CONCURRENCY, DeviceInfo, DeviceKind, DeviceStatus, Options, Plan,
+    ShutdownReport, StatusBoard,
 };
 pub use ctx::{DeviceCtx, Phase, SharedPolicy, shared_policy};
 pub use http::serve_http;
 pub use reload::ReloadReport;
+pub use startup::{MakeService, ServiceDevice};
 pub use tcp::serve_tcp;
 
 use crate::backend::BackendError;

@@ -11,6 +11,11 @@ use super::ctx::{
 use crate::identity::Caller;
 use crate::policy::Action;
 
+/// Copy buffer per direction. tokio's default (8 KiB) turns each 64 KiB
+/// the node writes into the socketpair into eight reads and eight writes;
+/// one buffer of the node's own copy size moves it in one.
+const COPY_BUF: usize = 64 << 10;
+
 /// Serves one connection from `caller` to tailnet `port` of a `tcp` device.
 ///
 /// Linear path: authorize (`Connect`) -> connect to the pinned backend ->
@@ -65,7 +70,7 @@ where
     let counters = Arc::new(Counters::default());
     let mut caller_io = Counted::new(io, Arc::clone(&counters));
     let result = tokio::select! {
-        r = tokio::io::copy_bidirectional(&mut caller_io, &mut backend) => Some(r),
+        r = tokio::io::copy_bidirectional_with_sizes(&mut caller_io, &mut backend, COPY_BUF, COPY_BUF) => Some(r),
         () = ctx.reached(Phase::Stopped) => None,
     };
     counters.store_in(&mut guard);

@@ -10,8 +10,10 @@
 //! fingerprint so a sign-off names the exact file bytes.
 
 mod diff;
+mod hujson;
 mod render;
 mod replay;
+mod tailnet_policy;
 mod warnings;
 
 #[cfg(test)]
@@ -32,6 +34,7 @@ pub use replay::{
     Change, ChangeGroup, ChangedRecord, EXAMPLES_PER_CAUSE, EXAMPLES_PER_GROUP, NotReplayed,
     Outcome, RecordRef, RecordedUnder, Replay, ReplaySource, ReplayTotals, Replayer, replay,
 };
+pub use tailnet_policy::{PeerRule, PeerView, analyse as analyse_tailnet_policy};
 pub use warnings::Warning;
 
 /// Everything a reviewer needs about one config version.

@@ -19,6 +19,9 @@ use super::sys::{self, Setting};
 use super::whois;
 use crate::identity::Caller;
 
+/// Tracing target of the embedded nodes' own log lines (debug level).
+const LOG_TARGET: &str = "portcullis::tailnet::node";
+
 /// Name of the lock file that keeps two nodes out of one state dir.
 const LOCK_FILE: &str = "portcullis-node.lock";
 
@@ -156,6 +159,11 @@ impl NodeBuilder {
             "set tags",
             sys::set(sd, Setting::Tags, &self.tags.join(",")),
         )?;
+        // Formatting and piping every line of every node costs CPU that
+        // only someone reading debug logs gets anything for.
+        if !tracing::enabled!(target: LOG_TARGET, tracing::Level::DEBUG) {
+            return call("set log fd", sys::set_log_fd(sd, None));
+        }
         let log_fd = spawn_log_reader(&self.hostname)
             .map_err(|e| node.call_error("log pipe", e.to_string()))?;
         call("set log fd", sys::set_log_fd(sd, Some(log_fd)))
@@ -197,10 +205,31 @@ fn spawn_log_reader(hostname: &str) -> std::io::Result<OwnedFd> {
     tokio::spawn(async move {
         let mut lines = tokio::io::BufReader::new(receiver).lines();
         while let Ok(Some(line)) = lines.next_line().await {
-            tracing::debug!(target: "portcullis::tailnet::node", node = %hostname, "{line}");
+            tracing::debug!(target: LOG_TARGET, node = %hostname, "{line}");
         }
     });
     Ok(OwnedFd::from(writer))
+}
+
+/// A peer in a node's network map.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+pub struct Peer {
+    /// Its MagicDNS name.
+    pub name: String,
+    /// Its tailnet addresses.
+    pub ips: Vec<IpAddr>,
+    /// Its ACL tags.
+    pub tags: Vec<String>,
+    /// Whether the control server sees it connected.
+    pub online: bool,
+    /// Its UDP address when packets go straight to it.
+    pub direct: Option<String>,
+    /// The DERP region relaying packets when they do not.
+    pub relay: Option<String>,
+    /// Bytes received from it.
+    pub rx_bytes: u64,
+    /// Bytes sent to it.
+    pub tx_bytes: u64,
 }
 
 /// A running embedded node. Clones share it; it closes when the last clone
@@ -352,6 +381,18 @@ impl Node {
             .await?
             .map_err(err)?;
         whois::parse(addr, &json).map_err(|e| err(format!("malformed answer: {e}")))
+    }
+
+    /// The peers this node sees in its network map and how packets reach
+    /// each: directly over UDP, or through a DERP relay.
+    pub async fn peers(&self) -> Result<Vec<Peer>, TailnetError> {
+        let sd = self.inner.sd;
+        let json = self
+            .blocking("peers", move || sys::peers(sd))
+            .await?
+            .map_err(|m| self.call_error("peers", m))?;
+        serde_json::from_str(&json)
+            .map_err(|e| self.call_error("peers", format!("malformed answer: {e}")))
     }
 
     /// Stops the node, its listeners and its connections, and waits for it.

@@ -73,6 +73,16 @@ pub(super) fn stacks() -> String {
     take_string(unsafe { raw::tsffi_stacks() })
 }
 
+pub(super) fn set_gc(gc_percent: c_int, memory_limit: i64) -> CallResult<()> {
+    // SAFETY: plain integers and a valid error out-pointer.
+    check(|err| unsafe { raw::tsffi_set_gc(gc_percent, memory_limit, err) })
+}
+
+pub(super) fn memstats() -> String {
+    // SAFETY: no arguments; returns a malloc'd string we take.
+    take_string(unsafe { raw::tsffi_memstats() })
+}
+
 pub(super) fn new_node() -> c_int {
     // SAFETY: no arguments; returns a fresh handle.
     unsafe { raw::tsffi_new() }
@@ -180,6 +190,13 @@ pub(super) fn whois(sd: c_int, addr: &str) -> CallResult<String> {
     let mut out: *mut c_char = std::ptr::null_mut();
     // SAFETY: valid string and out-pointers; `out` is freed by take_string.
     check(|err| unsafe { raw::tsffi_whois(sd, addr.as_ptr().cast_mut(), &mut out, err) })?;
+    Ok(take_string(out))
+}
+
+pub(super) fn peers(sd: c_int) -> CallResult<String> {
+    let mut out: *mut c_char = std::ptr::null_mut();
+    // SAFETY: valid out-pointers; `out` is freed by take_string.
+    check(|err| unsafe { raw::tsffi_peers(sd, &mut out, err) })?;
     Ok(take_string(out))
 }
 

@@ -203,6 +203,18 @@ impl Drop for Headscale {
     }
 }
 
+/// headscale's configuration for a loopback tailnet.
+///
+/// Two settings keep node start-up from measuring the test control server
+/// rather than the node:
+///
+/// - `derp.server.ipv6: none`: with an IPv6 address on the host and a DERP
+///   node that names no IPv6 address, a client's netcheck keeps an IPv6
+///   probe open until its 3 s STUN timeout, and a node is not Running until
+///   netcheck has picked a home DERP. A real deployment with several DERP
+///   regions ends netcheck early; one embedded region does not.
+/// - `tuning`: headscale batches node-store writes (500 ms) and map changes
+///   (800 ms) by default, about 2 s on every registration.
 fn config_yaml(d: &Path, port: u16) -> String {
     let stun = free_udp_port();
     let metrics = free_port();
@@ -231,6 +243,7 @@ derp:
     private_key_path: {d}/derp_server_private.key
     automatically_add_embedded_derp_region: true
     ipv4: 127.0.0.1
+    ipv6: none
   urls: []
   paths: []
   auto_update_enabled: false
@@ -268,6 +281,9 @@ logtail:
   enabled: false
 taildrop:
   enabled: false
+tuning:
+  node_store_batch_timeout: 10ms
+  batch_change_delay: 50ms
 "#
     )
 }

@@ -48,6 +48,9 @@ type node struct {
 	// conns are the tailnet connections being spliced, closed first by
 	// tsffi_close (see there).
 	conns map[net.Conn]struct{}
+	// authKey is kept here rather than in srv when the state dir already
+	// holds a login: it is used only if the control server asks for one.
+	authKey string
 }
 
 // track registers a spliced connection; false if the node is closing.
@@ -250,6 +253,10 @@ func (n *node) start() error {
 	if n.srv.Dir == "" {
 		return errors.New("tsffi: state dir not set; every node needs its own")
 	}
+	if n.started {
+		return nil
+	}
+	n.holdKeyIfKnown()
 	if err := n.srv.Start(); err != nil {
 		return err
 	}
@@ -281,6 +288,7 @@ func tsffi_up(sd C.int, timeoutMs C.int, errOut **C.char) C.int {
 	timeout := time.Duration(timeoutMs) * time.Millisecond
 	ctx, cancel := context.WithTimeout(n.upCtx, timeout)
 	defer cancel()
+	go n.loginIfAsked(ctx)
 	if _, err := n.srv.Up(ctx); err != nil {
 		switch {
 		case errors.Is(ctx.Err(), context.DeadlineExceeded):

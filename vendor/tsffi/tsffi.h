@@ -25,6 +25,9 @@
 //    end is spliced to the tailnet TCP connection in the node. shutdown(WR)
 //    on it half-closes the tailnet connection.
 //  * tsffi_up takes a timeout and is cancelled by tsffi_close.
+//  * A node whose state dir already holds a login starts without sending
+//    its auth key (a control server may spend real CPU verifying it); the
+//    key is used only if the control server asks for a login again.
 //  * tsffi_whois answers from the node's own LocalAPI, as WhoIs JSON.
 //  * Logs go to the fd given with tsffi_set_logfd (or nowhere); log upload to
 //    any log service is disabled for the whole process.
@@ -44,6 +47,18 @@ int tsffi_setenv(char *key, char *value, char **err);
 // Process-wide: JSON {"tailscale":"v1.x.y","go":"go1.x.y"} describing what
 // was compiled in. Free with tsffi_free.
 char *tsffi_version(void);
+
+// Process-wide: Go garbage collector settings for the embedded runtime.
+// gc_percent: -1 turns the collector off (useful only with a memory
+// limit), 0 leaves it unchanged, > 0 sets GOGC. memory_limit: 0 leaves it
+// unchanged, > 0 sets GOMEMLIMIT in bytes. The limit counts every byte the
+// Go heap has allocated, resident or not.
+int tsffi_set_gc(int gc_percent, long long memory_limit, char **err);
+
+// Process-wide: JSON figures of the embedded Go runtime (heap_alloc,
+// heap_inuse, heap_sys, next_gc, stack_inuse, num_gc, goroutines,
+// gc_percent, memory_limit). Free with tsffi_free.
+char *tsffi_memstats(void);
 
 // Free a string returned by this library.
 void tsffi_free(char *p);
@@ -92,6 +107,12 @@ int tsffi_dial(int sd, char *network, char *addr, int timeout_ms, int *conn_fd, 
 // WhoIs for a tailnet peer address ("ip:port" or "ip"), as JSON in *out:
 // {"Node":{...},"UserProfile":{...},"CapMap":{...}}. Free it.
 int tsffi_whois(int sd, char *addr, char **out, char **err);
+
+// The peers this node sees, as a JSON array in *out (free it):
+// [{"name","ips":[..],"tags":[..],"online","direct","relay","rx_bytes",
+// "tx_bytes"}]. "direct" is the peer's UDP address when packets go
+// straight to it; otherwise "relay" names the DERP region carrying them.
+int tsffi_peers(int sd, char **out, char **err);
 
 #ifdef __cplusplus
 }
